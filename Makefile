@@ -1,0 +1,21 @@
+# The two Quick start commands: `make demo` and `make test`. Each sets up .venv from scratch if needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+demo: $(BIN)/python
+	$(BIN)/pip install -q -e .
+	$(BIN)/python -c "import fedml; fedml.run_simulation()"
+
+lint: $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest

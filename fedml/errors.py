@@ -1,0 +1,37 @@
+"""The one error hierarchy of fedml: every error the library raises on purpose derives from FedMLError."""
+
+
+class FedMLError(Exception):
+    """Base class of all errors raised by fedml."""
+
+
+class ConfigError(FedMLError):
+    """A configuration file, key or value is invalid; the message names the file and the dotted key."""
+
+
+class DataError(FedMLError):
+    """A dataset cannot be loaded or partitioned as configured."""
+
+
+class TransportError(FedMLError):
+    """A communication backend failed to connect, timed out, or broke its protocol."""
+
+
+class ProtocolError(TransportError):
+    """A message on the wire is malformed, truncated, oversized or of an unexpected kind."""
+
+
+class AggregationError(FedMLError):
+    """Client updates cannot be aggregated (empty, mismatched, or preconditions not met)."""
+
+
+class PrivacyError(FedMLError):
+    """A requested privacy guarantee cannot be applied; fedml fails closed rather than train without it."""
+
+
+class SecAggError(PrivacyError):
+    """Secure aggregation failed (key agreement, masking, or dropout recovery)."""
+
+
+class NotSupportedError(FedMLError, NotImplementedError):
+    """A valid combination of options that this version of fedml does not implement yet."""
