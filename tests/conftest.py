@@ -1,0 +1,55 @@
+"""Shared fixtures: fast, offline, isolated arguments and one default simulation run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedml.config import Arguments, load_arguments
+from fedml.tracking import RunResult
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def make_args(tmp_path: Path) -> Callable[..., Arguments]:
+    """Build validated arguments that stay offline and write runs under the test's tmp dir."""
+
+    def make(config_file: str | Path | None = None, **overrides: Any) -> Arguments:
+        base = {
+            "download": False,
+            "run_dir": str(tmp_path / "runs"),
+            "data_cache_dir": str(tmp_path / "cache"),
+        }
+        return load_arguments(config_file, {**base, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """The default simulation (FedAvg, MNIST, 10 clients, 50 rounds), run once per session."""
+    import fedml
+
+    runs = tmp_path_factory.mktemp("default-runs")
+    return fedml.run_simulation(argv=[], download=False, run_dir=str(runs))
+
+
+def run_python(*argv: str, cwd: Path = ROOT, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run ``python argv...`` in a fresh interpreter that imports fedml from this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
