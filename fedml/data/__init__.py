@@ -1,0 +1,31 @@
+"""Datasets and partitioners: ``load(args)`` returns a FederatedDataset and its output dimension."""
+
+from fedml.data.dataset import ClientData, FederatedDataset, RawData
+from fedml.data.mnist import load_embedded_mnist, load_mnist, read_idx
+from fedml.data.partition import (
+    Partitioner,
+    partition_labels,
+    partition_methods,
+    register_partitioner,
+    split_test_like_train,
+)
+from fedml.data.registry import DatasetSpec, dataset_names, input_shape, load, register_dataset
+
+__all__ = [
+    "ClientData",
+    "DatasetSpec",
+    "FederatedDataset",
+    "Partitioner",
+    "RawData",
+    "dataset_names",
+    "input_shape",
+    "load",
+    "load_embedded_mnist",
+    "load_mnist",
+    "partition_labels",
+    "partition_methods",
+    "read_idx",
+    "register_dataset",
+    "register_partitioner",
+    "split_test_like_train",
+]

@@ -1,0 +1,387 @@
+"""The federated dataset object: shared global tensors plus per-client index views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedml.data.partition import split_test_like_train
+from fedml.errors import DataError
+
+TensorLike = torch.Tensor | np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class RawData:
+    """What a dataset loader returns: global train/test tensors and where they came from.
+
+    Attributes
+    ----------
+    train_x, test_x : torch.Tensor
+        Inputs, first dimension = samples.
+    train_y, test_y : torch.Tensor
+        int64 class labels, 1-D.
+    source : str
+        Human-readable origin, e.g. ``"IDX files in /data/MNIST/raw"``.
+
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: str
+
+
+@dataclass(eq=False, repr=False)
+class ClientData:
+    """One client's data as an index view into shared tensors (no copy).
+
+    Iterating yields ``(x, y)`` batches of ``batch_size`` in index order, so FedML-style code can
+    write ``for x, y in loader``.
+
+    Attributes
+    ----------
+    x, y : torch.Tensor
+        The shared global inputs and labels (the same objects the dataset holds).
+    indices : torch.Tensor
+        int64 indices of this client's samples into ``x`` and ``y``.
+    batch_size : int
+        Default batch size for iteration.
+
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: torch.Tensor
+    batch_size: int
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __repr__(self) -> str:
+        return f"ClientData(samples={len(self)}, batch_size={self.batch_size})"
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(x[indices], y[indices])`` as new tensors."""
+        return self.x[self.indices], self.y[self.indices]
+
+    def batches(
+        self, batch_size: int | None = None, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, y)`` mini-batches; the last one may be shorter.
+
+        Parameters
+        ----------
+        batch_size : int, optional
+            Samples per batch; defaults to ``self.batch_size``.
+        generator : torch.Generator, optional
+            When given, the order is ``torch.randperm(len(self), generator=generator)``, so a
+            seeded generator reproduces the same shuffle; otherwise index order.
+
+        Yields
+        ------
+        tuple[torch.Tensor, torch.Tensor]
+            A batch of inputs and labels.
+
+        """
+        size = self.batch_size if batch_size is None else batch_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise DataError(f"batch_size must be a positive integer, got {size!r}")
+        order = self.indices
+        if generator is not None:
+            order = order[torch.randperm(order.numel(), generator=generator)]
+        return self._iter_batches(order, size)
+
+    def _iter_batches(self, order: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, order.numel(), size):
+            chunk = order[start : start + size]
+            yield self.x[chunk], self.y[chunk]
+
+
+@dataclass(eq=False)
+class FederatedDataset:
+    """Global train/test tensors and, per client, index views of local train/test data.
+
+    Unpacks into FedML's 8 values: ``train_data_num, test_data_num, train_data_global,
+    test_data_global, train_data_local_num_dict, train_data_local_dict, test_data_local_dict,
+    class_num = dataset``.
+
+    Attributes
+    ----------
+    name : str
+        Dataset name, e.g. ``"mnist"``.
+    source : str
+        Where the data came from (embedded subset, IDX files, download, custom tensors).
+    train_x, train_y, test_x, test_y : torch.Tensor
+        Global tensors shared by every client view; labels are int64.
+    client_train_indices, client_test_indices : list[torch.Tensor]
+        Per client, int64 indices into the global train / test tensors.
+    output_dim : int
+        Number of classes.
+    batch_size : int
+        Default batch size of the client views.
+
+    """
+
+    name: str
+    source: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    client_train_indices: list[torch.Tensor]
+    client_test_indices: list[torch.Tensor]
+    output_dim: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        _check_arrays(self.train_x, self.train_y, self.test_x, self.test_y, self.output_dim)
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise DataError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not self.client_train_indices:
+            raise DataError("client_train_indices is empty: a federated dataset needs at least one client")
+        if len(self.client_test_indices) != len(self.client_train_indices):
+            raise DataError(
+                f"client_test_indices has {len(self.client_test_indices)} entries but there are "
+                f"{len(self.client_train_indices)} clients"
+            )
+        self.client_train_indices = _as_index_list(
+            "client_train_indices", self.client_train_indices, len(self.train_y)
+        )
+        self.client_test_indices = _as_index_list(
+            "client_test_indices", self.client_test_indices, len(self.test_y)
+        )
+
+    @classmethod
+    def from_tensors(
+        cls,
+        train_x: TensorLike,
+        train_y: TensorLike,
+        test_x: TensorLike,
+        test_y: TensorLike,
+        client_train_indices: Sequence[Any],
+        client_test_indices: Sequence[Any] | None = None,
+        *,
+        name: str = "custom",
+        source: str = "custom tensors",
+        output_dim: int | None = None,
+        batch_size: int = 10,
+    ) -> FederatedDataset:
+        """Build a federated dataset from your own tensors and client split.
+
+        Parameters
+        ----------
+        train_x, train_y, test_x, test_y : torch.Tensor or np.ndarray
+            Global inputs and integer class labels (first dimension = samples).
+        client_train_indices : Sequence
+            Per client, indices into the training set (lists, arrays or tensors).
+        client_test_indices : Sequence, optional
+            Per client, indices into the test set. Defaults to
+            :func:`~fedml.data.partition.split_test_like_train`, which gives each client test
+            labels distributed like its training labels.
+        name : str
+            Dataset name shown in logs.
+        source : str
+            Where the data came from, shown in logs.
+        output_dim : int, optional
+            Number of classes; defaults to the largest label + 1.
+        batch_size : int
+            Default batch size of the client views.
+
+        Returns
+        -------
+        FederatedDataset
+            The dataset; invalid shapes, labels or indices raise :class:`~fedml.errors.DataError`.
+
+        Examples
+        --------
+        >>> x, y = torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 0, 1])
+        >>> ds = FederatedDataset.from_tensors(x, y, x, y, [[0, 1, 2], [3, 4, 5]])
+        >>> ds.client_num, ds.local_sample_num(1), ds.output_dim
+        (2, 3, 2)
+
+        """
+        train_x, test_x = _as_tensor("train_x", train_x), _as_tensor("test_x", test_x)
+        train_y, test_y = _as_labels("train_y", train_y), _as_labels("test_y", test_y)
+        if output_dim is None:
+            output_dim = int(max(train_y.max(initial=-1), test_y.max(initial=-1))) + 1
+        train_labels, test_labels = torch.from_numpy(train_y), torch.from_numpy(test_y)
+        _check_arrays(train_x, train_labels, test_x, test_labels, output_dim)
+        train_idx = _as_index_list("client_train_indices", client_train_indices, len(train_y))
+        if client_test_indices is None:
+            client_test_indices = split_test_like_train(
+                train_y, test_y, [idx.numpy() for idx in train_idx], output_dim
+            )
+        return cls(
+            name=name,
+            source=source,
+            train_x=train_x,
+            train_y=train_labels,
+            test_x=test_x,
+            test_y=test_labels,
+            client_train_indices=train_idx,
+            client_test_indices=list(client_test_indices),
+            output_dim=output_dim,
+            batch_size=batch_size,
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(
+            (
+                self.train_data_num,
+                self.test_data_num,
+                self.train_global,
+                self.test_global,
+                self.train_data_local_num_dict,
+                self.train_data_local_dict,
+                self.test_data_local_dict,
+                self.output_dim,
+            )
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"FederatedDataset(name={self.name!r}, source={self.source!r}, train={self.train_data_num}, "
+            f"test={self.test_data_num}, clients={self.client_num}, output_dim={self.output_dim})"
+        )
+
+    @property
+    def client_num(self) -> int:
+        """Number of clients."""
+        return len(self.client_train_indices)
+
+    @property
+    def train_data_num(self) -> int:
+        """Number of global training samples."""
+        return len(self.train_y)
+
+    @property
+    def test_data_num(self) -> int:
+        """Number of global test samples."""
+        return len(self.test_y)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample, e.g. ``(1, 28, 28)``."""
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def train_global(self) -> ClientData:
+        """The whole training set as a :class:`ClientData` view."""
+        return ClientData(self.train_x, self.train_y, torch.arange(self.train_data_num), self.batch_size)
+
+    @property
+    def test_global(self) -> ClientData:
+        """The whole test set as a :class:`ClientData` view."""
+        return ClientData(self.test_x, self.test_y, torch.arange(self.test_data_num), self.batch_size)
+
+    def local_train(self, client: int) -> ClientData:
+        """Return client ``client``'s training data (a view, not a copy)."""
+        return ClientData(
+            self.train_x, self.train_y, self.client_train_indices[self._check(client)], self.batch_size
+        )
+
+    def local_test(self, client: int) -> ClientData:
+        """Return client ``client``'s test data (a view, not a copy)."""
+        return ClientData(
+            self.test_x, self.test_y, self.client_test_indices[self._check(client)], self.batch_size
+        )
+
+    def local_sample_num(self, client: int) -> int:
+        """Return the number of training samples of client ``client``."""
+        return int(self.client_train_indices[self._check(client)].numel())
+
+    @property
+    def train_data_local_num_dict(self) -> dict[int, int]:
+        """Client index -> number of local training samples (FedML name)."""
+        return {i: self.local_sample_num(i) for i in range(self.client_num)}
+
+    @property
+    def train_data_local_dict(self) -> dict[int, ClientData]:
+        """Client index -> local training data (FedML name)."""
+        return {i: self.local_train(i) for i in range(self.client_num)}
+
+    @property
+    def test_data_local_dict(self) -> dict[int, ClientData]:
+        """Client index -> local test data (FedML name)."""
+        return {i: self.local_test(i) for i in range(self.client_num)}
+
+    def _check(self, client: int) -> int:
+        if isinstance(client, bool) or not isinstance(client, int) or not 0 <= client < self.client_num:
+            raise DataError(f"client index must be an integer in 0..{self.client_num - 1}, got {client!r}")
+        return client
+
+
+def _as_tensor(name: str, value: TensorLike) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    raise DataError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+
+
+def _as_labels(name: str, value: TensorLike) -> np.ndarray:
+    labels = _as_tensor(name, value)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise DataError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
+    if labels.dim() != 1:
+        raise DataError(f"{name} must be 1-D (one label per sample), got shape {tuple(labels.shape)}")
+    return labels.detach().cpu().numpy().astype(np.int64)
+
+
+def _check_arrays(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, output_dim: int
+) -> None:
+    _check_pair("train", train_x, train_y)
+    _check_pair("test", test_x, test_y)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(
+            f"train and test inputs differ in shape: {tuple(train_x.shape[1:])} vs {tuple(test_x.shape[1:])}"
+        )
+    if isinstance(output_dim, bool) or not isinstance(output_dim, int) or output_dim < 1:
+        raise DataError(f"output_dim must be a positive integer, got {output_dim!r}")
+    for split, labels in (("train", train_y), ("test", test_y)):
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= output_dim):
+            raise DataError(f"{split} labels must lie in 0..{output_dim - 1} (output_dim)")
+
+
+def _check_pair(split: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise DataError(f"{split}_x and {split}_y must be torch tensors")
+    if x.dim() < 1 or y.dim() != 1:
+        raise DataError(
+            f"{split}_y must be 1-D and {split}_x at least 1-D, got {tuple(y.shape)}, {tuple(x.shape)}"
+        )
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{split}_x has {x.shape[0]} samples but {split}_y has {y.shape[0]}")
+    if y.dtype != torch.int64:
+        raise DataError(f"{split}_y must be int64 class labels, got {y.dtype}")
+
+
+def _as_index_list(name: str, indices: Sequence[Any], size: int) -> list[torch.Tensor]:
+    result = []
+    for client, raw in enumerate(indices):
+        try:
+            idx = raw.detach().cpu() if isinstance(raw, torch.Tensor) else torch.as_tensor(np.asarray(raw))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}[{client}] is not an index array: {exc}") from exc
+        if idx.dim() != 1 or not (idx.numel() == 0 or idx.dtype in _INT_DTYPES):
+            raise DataError(
+                f"{name}[{client}] must be a 1-D array of integers, got {idx.dtype} {tuple(idx.shape)}"
+            )
+        idx = idx.to(torch.int64)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+            raise DataError(f"{name}[{client}] has indices outside 0..{size - 1}")
+        result.append(idx)
+    return result
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)

@@ -1,0 +1,174 @@
+"""The dataset registry and ``load(args)``: raw data -> partition -> FederatedDataset."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedml.data.dataset import FederatedDataset, RawData
+from fedml.data.mnist import INPUT_SHAPE as MNIST_INPUT_SHAPE
+from fedml.data.mnist import OUTPUT_DIM as MNIST_OUTPUT_DIM
+from fedml.data.mnist import load_mnist
+from fedml.data.partition import partition_labels, split_test_like_train
+from fedml.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+PARTITION_STREAM = 0x5EED_DA7A
+"""Tag mixed into the seed so the partition stream differs from other consumers of ``random_seed``."""
+
+Loader = Callable[[Any], RawData]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: how to load it and what the model must accept and predict."""
+
+    loader: Loader
+    input_shape: tuple[int, ...]
+    output_dim: int
+
+
+_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(name: str, loader: Loader, input_shape: tuple[int, ...], output_dim: int) -> None:
+    """Make a dataset available as ``data_args.dataset: <name>``.
+
+    Parameters
+    ----------
+    name : str
+        Config name; registering an existing name replaces it.
+    loader : Callable[[args], RawData]
+        Called with the run's arguments (it may read ``data_cache_dir``, ``download``, ...).
+    input_shape : tuple[int, ...]
+        Shape of one input sample; :func:`load` checks the loaded data against it.
+    output_dim : int
+        Number of classes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> def tiny(args):
+    ...     x, y = torch.zeros(4, 2), torch.tensor([0, 1, 0, 1])
+    ...     return RawData(x, y, x, y, source="in memory")
+    >>> register_dataset("tiny", tiny, input_shape=(2,), output_dim=2)
+    >>> "tiny" in dataset_names()
+    True
+
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a dataset name must be a non-empty string, got {name!r}")
+    _DATASETS[name] = DatasetSpec(loader, tuple(input_shape), int(output_dim))
+
+
+def dataset_names() -> list[str]:
+    """Return the registered dataset names, sorted."""
+    return sorted(_DATASETS)
+
+
+def input_shape(name: str) -> tuple[int, ...]:
+    """Return the shape of one input sample of dataset ``name``, e.g. ``(1, 28, 28)`` for mnist."""
+    return _spec(name).input_shape
+
+
+def load(args: Any) -> tuple[FederatedDataset, int]:
+    """Load the configured dataset and split it among clients.
+
+    Parameters
+    ----------
+    args : Any
+        An object with the attributes ``dataset``, ``data_cache_dir``, ``download``,
+        ``partition_method``, ``partition_alpha``, ``shards_per_client``,
+        ``client_num_in_total``, ``batch_size`` and ``random_seed`` (``fedml.init()``'s
+        arguments or a ``types.SimpleNamespace``).
+
+    Returns
+    -------
+    tuple[FederatedDataset, int]
+        The dataset and its output dimension (number of classes). The training split comes
+        from ``partition_method``; each client's test set follows its training labels. The
+        split depends only on ``random_seed`` and never touches global random state.
+
+    """
+    missing = [key for key in _REQUIRED_ARGS if not hasattr(args, key)]
+    if missing:
+        raise ConfigError(f"data loading needs the argument(s) {', '.join(missing)}")
+    spec = _spec(args.dataset)
+    seed = args.random_seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"common_args.random_seed must be a non-negative integer, got {seed!r}")
+
+    raw = spec.loader(args)
+    if tuple(raw.train_x.shape[1:]) != spec.input_shape:
+        raise DataError(
+            f"dataset {args.dataset!r} loaded inputs of shape {tuple(raw.train_x.shape[1:])}, "
+            f"registered as {spec.input_shape}"
+        )
+    train_labels = raw.train_y.numpy()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, PARTITION_STREAM]))
+    client_train = partition_labels(
+        train_labels,
+        args.client_num_in_total,
+        args.partition_method,
+        rng,
+        alpha=args.partition_alpha,
+        shards_per_client=args.shards_per_client,
+    )
+    client_test = split_test_like_train(train_labels, raw.test_y.numpy(), client_train, spec.output_dim)
+    dataset = FederatedDataset(
+        name=args.dataset,
+        source=raw.source,
+        train_x=raw.train_x,
+        train_y=raw.train_y,
+        test_x=raw.test_x,
+        test_y=raw.test_y,
+        client_train_indices=client_train,
+        client_test_indices=client_test,
+        output_dim=spec.output_dim,
+        batch_size=args.batch_size,
+    )
+    logger.info(
+        "dataset %s from %s: %d train / %d test samples, %d clients, partition %s "
+        "(partition_alpha=%s, shards_per_client=%s)",
+        args.dataset,
+        raw.source,
+        dataset.train_data_num,
+        dataset.test_data_num,
+        dataset.client_num,
+        args.partition_method,
+        args.partition_alpha,
+        args.shards_per_client,
+    )
+    return dataset, spec.output_dim
+
+
+_REQUIRED_ARGS = (
+    "dataset",
+    "data_cache_dir",
+    "download",
+    "partition_method",
+    "partition_alpha",
+    "shards_per_client",
+    "client_num_in_total",
+    "batch_size",
+    "random_seed",
+)
+
+
+def _spec(name: str) -> DatasetSpec:
+    spec = _DATASETS.get(name)
+    if spec is None:
+        raise ConfigError(f"data_args.dataset: unknown dataset {name!r}; valid: {', '.join(dataset_names())}")
+    return spec
+
+
+def _load_mnist_args(args: Any) -> RawData:
+    return load_mnist(args.data_cache_dir, download=bool(args.download))
+
+
+register_dataset("mnist", _load_mnist_args, MNIST_INPUT_SHAPE, MNIST_OUTPUT_DIM)
