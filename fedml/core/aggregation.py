@@ -1,0 +1,90 @@
+"""Aggregation rules as pure functions over ``(weight, state)`` pairs, shared by every runner.
+
+A state is an ordered mapping ``name -> tensor``. Functions here never mutate their inputs and never
+read configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from fedml.errors import AggregationError
+
+State = Mapping[str, torch.Tensor]
+"""A model state: parameter or buffer name -> tensor."""
+
+WeightedState = tuple[float, State]
+"""One client's contribution: its weight (usually its sample count) and its state."""
+
+
+def weighted_mean(updates: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
+    """Return the weighted average of states, the FedAvg rule of McMahan et al. (2017).
+
+    Each weight is divided by the total first, so scaling every weight by the same factor gives the same
+    result. Integer tensors (such as BatchNorm's ``num_batches_tracked``) are averaged and rounded back.
+
+    Parameters
+    ----------
+    updates
+        ``(weight, state)`` pairs; weights must be finite and non-negative with a positive sum, and every
+        state must have the same keys, shapes and dtypes.
+
+    Raises
+    ------
+    AggregationError
+        If there is nothing to aggregate, a weight is invalid, or the states do not match.
+
+    Examples
+    --------
+    >>> a, b = {"w": torch.tensor([0.0])}, {"w": torch.tensor([3.0])}
+    >>> weighted_mean([(1, a), (2, b)])["w"]
+    tensor([2.])
+
+    """
+    if not updates:
+        raise AggregationError("no client updates to aggregate")
+    weights = [float(w) for w, _ in updates]
+    if any(not w >= 0 or w == float("inf") for w in weights):
+        raise AggregationError(f"weights must be finite and non-negative, got {weights}")
+    total = sum(weights)
+    if total <= 0:
+        raise AggregationError(f"the weights sum to {total}; at least one must be positive")
+    reference = updates[0][1]
+    _check_compatible(reference, [state for _, state in updates])
+    result: dict[str, torch.Tensor] = {}
+    for name, ref in reference.items():
+        acc = torch.zeros(ref.shape, dtype=_accumulator_dtype(ref.dtype), device=ref.device)
+        for weight, (_, state) in zip(weights, updates, strict=True):
+            acc.add_(state[name].to(acc.dtype), alpha=weight / total)
+        result[name] = acc.round().to(ref.dtype) if not ref.dtype.is_floating_point else acc.to(ref.dtype)
+    return result
+
+
+def is_finite_state(state: State) -> bool:
+    """Return whether every floating-point tensor of ``state`` is free of NaN and infinity."""
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.dtype.is_floating_point)
+
+
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype.is_floating_point:
+        return dtype
+    return torch.float64
+
+
+def _check_compatible(reference: State, states: Sequence[State]) -> None:
+    keys = list(reference)
+    for index, state in enumerate(states):
+        if list(state) != keys:
+            missing = sorted(set(keys) - set(state))
+            extra = sorted(set(state) - set(keys))
+            raise AggregationError(
+                f"update {index} has different keys: missing {missing}, unexpected {extra}"
+            )
+        for name in keys:
+            if state[name].shape != reference[name].shape:
+                raise AggregationError(
+                    f"update {index}: {name!r} has shape {tuple(state[name].shape)}, "
+                    f"expected {tuple(reference[name].shape)}"
+                )

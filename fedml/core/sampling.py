@@ -1,0 +1,36 @@
+"""Seeded randomness of a round: which clients take part and how each one shuffles its data.
+
+Every draw comes from a generator derived from ``(seed, round, client)``, never from a global RNG, so
+any process on any backend reproduces the same choices in any order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_SAMPLING_STREAM = 0x5A3B1E
+_SHUFFLE_STREAM = 0x5BF1E
+
+
+def sample_clients(
+    seed: int, round_idx: int, client_num_in_total: int, client_num_per_round: int
+) -> list[int]:
+    """Return the sorted client indices that take part in round ``round_idx``.
+
+    All clients take part when ``client_num_per_round >= client_num_in_total``; otherwise the choice is
+    uniform without replacement and depends only on ``(seed, round_idx)``.
+    """
+    if client_num_per_round >= client_num_in_total:
+        return list(range(client_num_in_total))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _SAMPLING_STREAM, round_idx]))
+    chosen = rng.choice(client_num_in_total, size=client_num_per_round, replace=False)
+    return sorted(int(c) for c in chosen)
+
+
+def client_generator(seed: int, round_idx: int, client_idx: int) -> torch.Generator:
+    """Return a CPU ``torch.Generator`` for client ``client_idx``'s data shuffling in round ``round_idx``."""
+    words = np.random.SeedSequence([seed, _SHUFFLE_STREAM, round_idx, client_idx]).generate_state(
+        2, np.uint32
+    )
+    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))

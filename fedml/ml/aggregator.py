@@ -1,0 +1,69 @@
+"""``ServerAggregator``: how the server combines client models and tests the global one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from fedml.core.aggregation import WeightedState, weighted_mean
+from fedml.ml.evaluation import evaluate
+
+if TYPE_CHECKING:
+    from fedml.data import ClientData
+
+
+class ServerAggregator:
+    """Holds the global model; aggregates ``(sample_count, state)`` pairs and evaluates the result.
+
+    Every runner calls, in order, ``on_before_aggregation``, ``aggregate`` and ``on_after_aggregation``
+    (see ``aggregate_with_hooks``), then ``set_model_params`` and, on evaluation rounds, ``test``.
+    Override any of them; the defaults are the sample-weighted mean and classification accuracy.
+
+    Parameters
+    ----------
+    model
+        The global model.
+    args
+        The run's arguments (``fedml.init()``).
+
+    """
+
+    def __init__(self, model: nn.Module, args: Any) -> None:
+        self.model = model
+        self.args = args
+
+    def get_model_params(self) -> dict[str, torch.Tensor]:
+        """Return a detached copy of the global model state."""
+        return {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
+
+    def set_model_params(self, model_parameters: Mapping[str, torch.Tensor]) -> None:
+        """Load a state into the global model."""
+        self.model.load_state_dict(model_parameters)
+
+    def on_before_aggregation(
+        self, raw_client_model_or_grad_list: list[WeightedState]
+    ) -> list[WeightedState]:
+        """Inspect or transform the client updates before they are combined; returns them unchanged."""
+        return raw_client_model_or_grad_list
+
+    def aggregate(self, raw_client_model_or_grad_list: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
+        """Return the sample-weighted mean of the client states."""
+        return weighted_mean(raw_client_model_or_grad_list)
+
+    def on_after_aggregation(
+        self, aggregated_model_or_grad: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Inspect or transform the aggregate; returns it unchanged."""
+        return aggregated_model_or_grad
+
+    def aggregate_with_hooks(self, updates: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
+        """Run ``on_before_aggregation``, ``aggregate`` and ``on_after_aggregation`` in order."""
+        return self.on_after_aggregation(self.aggregate(self.on_before_aggregation(list(updates))))
+
+    def test(self, test_data: ClientData, device: torch.device, args: Any) -> dict[str, float]:
+        """Return ``{"accuracy", "loss", "num_samples"}`` of the global model on ``test_data``."""
+        self.model.to(device)
+        return evaluate(self.model, test_data, device)

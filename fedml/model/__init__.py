@@ -1,0 +1,69 @@
+"""Models: a registry of named architectures and ``create(args, output_dim)``.
+
+Examples
+--------
+>>> from types import SimpleNamespace
+>>> model = create(SimpleNamespace(model="lr", dataset="mnist", random_seed=0), output_dim=10)
+>>> type(model).__name__
+'LogisticRegression'
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedml.errors import ConfigError
+from fedml.model.cnn import CNN
+from fedml.model.linear import MLP, LogisticRegression
+
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+"""Builds a model from the input shape of one sample and the number of outputs."""
+
+_MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str, factory: ModelFactory) -> None:
+    """Make ``factory(input_shape, output_dim)`` available as ``model_args.model: name``."""
+    _MODELS[name] = factory
+
+
+def model_names() -> list[str]:
+    """Return the registered model names."""
+    return sorted(_MODELS)
+
+
+def create(args: Any, output_dim: int, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """Build ``args.model`` for ``args.dataset``, initialised from ``args.random_seed``.
+
+    The initialisation is seeded without touching the global RNG, so the same seed gives the same
+    initial model in every process. ``input_shape`` defaults to the registered shape of the dataset.
+
+    Raises
+    ------
+    ConfigError
+        If the model name is not registered; the message lists the valid names.
+
+    """
+    if args.model not in _MODELS:
+        raise ConfigError(
+            f"model_args.model: unknown model {args.model!r}; valid: {', '.join(model_names())}"
+        )
+    if input_shape is None:
+        from fedml.data import input_shape as dataset_input_shape
+
+        input_shape = dataset_input_shape(args.dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(args.random_seed))
+        return _MODELS[args.model](tuple(input_shape), output_dim)
+
+
+register_model("lr", LogisticRegression)
+register_model("mlp", MLP)
+register_model("cnn", CNN)
+
+__all__ = ["CNN", "MLP", "LogisticRegression", "ModelFactory", "create", "model_names", "register_model"]

@@ -1,0 +1,94 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedml.core.aggregation import is_finite_state, weighted_mean
+from fedml.errors import AggregationError
+
+weights = st.floats(min_value=0.1, max_value=1000, allow_nan=False)
+
+
+@st.composite
+def updates(draw, min_clients=1, max_clients=6):
+    n = draw(st.integers(min_clients, max_clients))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        (draw(weights), {"w": torch.randn(3, 2, generator=gen), "b": torch.randn(2, generator=gen)})
+        for _ in range(n)
+    ]
+
+
+def close(a, b):
+    return all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-5) for k in a)
+
+
+@settings(max_examples=50, deadline=None)
+@given(updates(min_clients=2), st.randoms())
+def test_order_does_not_matter(pairs, rnd):
+    shuffled = list(pairs)
+    rnd.shuffle(shuffled)
+    assert close(weighted_mean(pairs), weighted_mean(shuffled))
+
+
+@settings(max_examples=30, deadline=None)
+@given(updates(max_clients=1))
+def test_one_client_returns_its_own_state(pairs):
+    result = weighted_mean(pairs)
+    assert all(torch.equal(result[k], pairs[0][1][k]) for k in result)
+
+
+@settings(max_examples=50, deadline=None)
+@given(updates(min_clients=2), st.floats(min_value=0.01, max_value=100))
+def test_scaling_all_weights_changes_nothing(pairs, factor):
+    scaled = [(w * factor, s) for w, s in pairs]
+    assert close(weighted_mean(pairs), weighted_mean(scaled))
+
+
+@settings(max_examples=30, deadline=None)
+@given(updates(min_clients=2))
+def test_equal_weights_give_the_plain_mean(pairs):
+    equal = [(1.0, s) for _, s in pairs]
+    expected = {k: torch.stack([s[k] for _, s in pairs]).mean(0) for k in pairs[0][1]}
+    assert close(weighted_mean(equal), expected)
+
+
+def test_weights_are_sample_counts():
+    result = weighted_mean([(1, {"w": torch.tensor([0.0])}), (3, {"w": torch.tensor([4.0])})])
+    assert result["w"].item() == pytest.approx(3.0)
+
+
+def test_inputs_are_not_mutated():
+    a, b = {"w": torch.ones(2)}, {"w": torch.zeros(2)}
+    weighted_mean([(1, a), (1, b)])
+    assert torch.equal(a["w"], torch.ones(2))
+    assert torch.equal(b["w"], torch.zeros(2))
+
+
+def test_integer_buffers_are_rounded_back_to_their_dtype():
+    result = weighted_mean([(1, {"n": torch.tensor(3)}), (1, {"n": torch.tensor(6)})])
+    assert result["n"].dtype == torch.int64
+    assert result["n"].item() in (4, 5)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "match"),
+    [
+        ([], "no client updates"),
+        ([(-1, {"w": torch.ones(1)})], "non-negative"),
+        ([(float("nan"), {"w": torch.ones(1)})], "non-negative"),
+        ([(0, {"w": torch.ones(1)})], "sum to 0"),
+        ([(1, {"w": torch.ones(1)}), (1, {"v": torch.ones(1)})], "missing \\['w'\\]"),
+        ([(1, {"w": torch.ones(1)}), (1, {"w": torch.ones(2)})], "'w' has shape \\(2,\\)"),
+    ],
+)
+def test_bad_updates_raise_aggregation_error(pairs, match):
+    with pytest.raises(AggregationError, match=match):
+        weighted_mean(pairs)
+
+
+def test_is_finite_state():
+    assert is_finite_state({"w": torch.ones(2), "n": torch.tensor(1)})
+    assert not is_finite_state({"w": torch.tensor([1.0, float("nan")])})
+    assert not is_finite_state({"w": torch.tensor([float("inf")])})
