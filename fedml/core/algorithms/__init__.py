@@ -1,0 +1,58 @@
+"""Federated optimizers, chosen by ``train_args.federated_optimizer`` through a registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fedml.core.algorithms.base import Algorithm, Client, RoundContext, Update
+from fedml.core.algorithms.fedavg import FedAvg
+from fedml.errors import ConfigError
+
+AlgorithmFactory = Callable[[Any], Algorithm]
+"""Builds an algorithm from the run's arguments."""
+
+_ALGORITHMS: dict[str, AlgorithmFactory] = {}
+
+
+def register_algorithm(name: str, factory: AlgorithmFactory) -> None:
+    """Make ``factory(args)`` available as ``train_args.federated_optimizer: name``."""
+    _ALGORITHMS[name] = factory
+
+
+def algorithm_names() -> list[str]:
+    """Return the registered algorithm names."""
+    return sorted(_ALGORITHMS)
+
+
+def create_algorithm(args: Any) -> Algorithm:
+    """Build the algorithm named by ``args.federated_optimizer``.
+
+    Raises
+    ------
+    ConfigError
+        If the name is not registered; the message lists the valid names.
+
+    """
+    name = args.federated_optimizer
+    if name not in _ALGORITHMS:
+        raise ConfigError(
+            f"train_args.federated_optimizer: unknown optimizer {name!r}; "
+            f"valid: {', '.join(algorithm_names())}"
+        )
+    return _ALGORITHMS[name](args)
+
+
+register_algorithm("FedAvg", FedAvg)
+
+__all__ = [
+    "Algorithm",
+    "AlgorithmFactory",
+    "Client",
+    "FedAvg",
+    "RoundContext",
+    "Update",
+    "algorithm_names",
+    "create_algorithm",
+    "register_algorithm",
+]

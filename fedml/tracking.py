@@ -1,0 +1,157 @@
+"""Run tracking: role-prefixed console lines, the run directory (config, metrics.jsonl, model), results.
+
+Console lines go through ``logging`` under the ``fedml`` logger. ``configure_logging`` (called by
+``fedml.init`` and ``fedml.run_simulation``) prints them to stdout only when the application has not
+configured logging itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import yaml
+
+_T = TypeVar("_T")
+
+
+class _RolePrefix(logging.LoggerAdapter):
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['prefix']}{msg}", kwargs
+
+
+def role_logger(role: str, rank: int, name: str = "fedml") -> logging.LoggerAdapter:
+    """Return a logger whose lines start with ``[FedML-<role>(<rank>)]: ``, e.g. ``[FedML-Server(0)]: ``."""
+    return _RolePrefix(logging.getLogger(name), {"prefix": f"[FedML-{role}({rank})]: "})
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Print fedml's INFO lines to stdout, unless logging is already configured by the application."""
+    logger = logging.getLogger("fedml")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(level)
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
+def progress(iterable: Iterable[_T], total: int, desc: str) -> Iterator[_T]:
+    """Wrap ``iterable`` in a tqdm progress bar on an interactive terminal; pass it through otherwise."""
+    if not sys.stderr.isatty():
+        return iter(iterable)
+    from tqdm import tqdm
+
+    return iter(tqdm(iterable, total=total, desc=desc, leave=False))
+
+
+@dataclass
+class RunResult:
+    """What a run returns.
+
+    Attributes
+    ----------
+    final_metrics
+        The last evaluation: ``round``, ``test_accuracy``, ``test_loss``, ``train_loss``, ``seconds``.
+    history
+        One such record per evaluated round, in order (the lines of ``metrics.jsonl``).
+    run_dir
+        The run directory holding ``config.yaml``, ``metrics.jsonl`` and ``model.pt``.
+    model_state
+        The final global model state.
+
+    """
+
+    final_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    run_dir: Path
+    model_state: dict[str, torch.Tensor] = field(repr=False)
+
+
+class RunTracker:
+    """Writes one run's directory and its console lines.
+
+    The directory is ``<tracking_args.run_dir>/<YYYYmmdd-HHMMSS>-<run_name>``; ``run_name`` defaults to
+    ``<dataset>-<model>-<federated_optimizer>``. It receives ``config.yaml`` (the resolved configuration)
+    at once, a line of ``metrics.jsonl`` per evaluated round, and ``model.pt`` (the final state, a
+    ``torch.save``'d dict of tensors) at the end when ``tracking_args.save_model`` is true.
+    """
+
+    def __init__(self, args: Any, role: str = "Server", rank: int = 0) -> None:
+        self.args = args
+        self.log = role_logger(role, rank)
+        self.history: list[dict[str, float]] = []
+        self.started = time.perf_counter()
+        name = args.run_name or f"{args.dataset}-{args.model}-{args.federated_optimizer}"
+        self.run_dir = _new_run_dir(
+            Path(args.run_dir).expanduser(), f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+        )
+        with open(self.run_dir / "config.yaml", "w", encoding="utf-8") as f:
+            yaml.safe_dump(args.to_dict(), f, sort_keys=False)
+        self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+
+    def start(self, client_num: int) -> None:
+        """Log the run's header line."""
+        args = self.args
+        self.log.info(
+            "Dataset: %s, Clients: %d, Rounds: %d, Algorithm: %s",
+            args.dataset,
+            client_num,
+            args.comm_round,
+            args.federated_optimizer,
+        )
+
+    def log_round(self, round_idx: int, test: Mapping[str, float], train_loss: float) -> dict[str, float]:
+        """Record an evaluated round (0-based ``round_idx``, shown 1-based) and log its accuracy line."""
+        record = {
+            "round": round_idx + 1,
+            "test_accuracy": float(test["accuracy"]),
+            "test_loss": float(test["loss"]),
+            "train_loss": float(train_loss),
+            "seconds": round(time.perf_counter() - self.started, 4),
+        }
+        self.history.append(record)
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        self.log.info(
+            "Round %d: Training completed with accuracy %.1f%%.",
+            record["round"],
+            100 * record["test_accuracy"],
+        )
+        return record
+
+    def finish(self, model_state: dict[str, torch.Tensor]) -> RunResult:
+        """Save the final model, log the final line and return the run's result."""
+        self._metrics.close()
+        if self.args.save_model:
+            torch.save(model_state, self.run_dir / "model.pt")
+        final = self.history[-1] if self.history else {}
+        if final:
+            self.log.info(
+                "Final Accuracy after Round %d: %.1f%%.", final["round"], 100 * final["test_accuracy"]
+            )
+        self.log.info("Run directory: %s", self.run_dir)
+        return RunResult(dict(final), list(self.history), self.run_dir, model_state)
+
+    def close(self) -> None:
+        """Close the metrics file without finishing (used when a run fails)."""
+        self._metrics.close()
+
+
+def _new_run_dir(parent: Path, name: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = parent / name, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = parent / f"{name}-{n}"
