@@ -43,14 +43,8 @@ def weighted_mean(updates: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
     tensor([2.])
 
     """
-    if not updates:
-        raise AggregationError("no client updates to aggregate")
-    weights = [float(w) for w, _ in updates]
-    if any(not w >= 0 or w == float("inf") for w in weights):
-        raise AggregationError(f"weights must be finite and non-negative, got {weights}")
+    weights = check_weights(updates)
     total = sum(weights)
-    if total <= 0:
-        raise AggregationError(f"the weights sum to {total}; at least one must be positive")
     reference = updates[0][1]
     _check_compatible(reference, [state for _, state in updates])
     result: dict[str, torch.Tensor] = {}
@@ -60,6 +54,25 @@ def weighted_mean(updates: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
             acc.add_(state[name].to(acc.dtype), alpha=weight / total)
         result[name] = acc.round().to(ref.dtype) if not ref.dtype.is_floating_point else acc.to(ref.dtype)
     return result
+
+
+def check_weights(updates: Sequence[WeightedState]) -> list[float]:
+    """Return the weights of ``updates`` as floats after checking there is something to aggregate.
+
+    Raises
+    ------
+    AggregationError
+        If ``updates`` is empty, a weight is negative or not finite, or the weights sum to zero.
+
+    """
+    if not updates:
+        raise AggregationError("no client updates to aggregate")
+    weights = [float(w) for w, _ in updates]
+    if any(not w >= 0 or w == float("inf") for w in weights):
+        raise AggregationError(f"weights must be finite and non-negative, got {weights}")
+    if sum(weights) <= 0:
+        raise AggregationError(f"the weights sum to {sum(weights)}; at least one must be positive")
+    return weights
 
 
 def is_finite_state(state: State) -> bool:
