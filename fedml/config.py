@@ -50,6 +50,9 @@ class DataArgs(_Section):
     partition_method: str = "hetero"
     partition_alpha: float = Field(0.5, gt=0)
     shards_per_client: int = Field(2, ge=1)
+    synthetic_alpha: float = Field(1.0, ge=0)
+    synthetic_beta: float = Field(1.0, ge=0)
+    synthetic_max_samples: int = Field(1000, ge=1)
 
 
 class ModelArgs(_Section):
@@ -71,6 +74,8 @@ class TrainArgs(_Section):
     learning_rate: float = Field(0.03, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    engine: Literal["auto", "sequential", "vectorized"] = "auto"
+    fedprox_mu: float = Field(0.01, ge=0)
 
 
 class ValidationArgs(_Section):
@@ -90,6 +95,8 @@ class CommArgs(_Section):
     """``comm_args``: the communication backend."""
 
     backend: str = "sp"
+    timeout: float = Field(300.0, gt=0)
+    max_message_mb: int = Field(1024, ge=1, le=2047)
 
 
 class TrackingArgs(_Section):

@@ -9,14 +9,25 @@ from fedml.data.partition import (
     register_partitioner,
     split_test_like_train,
 )
-from fedml.data.registry import DatasetSpec, dataset_names, input_shape, load, register_dataset
+from fedml.data.registry import (
+    ClientDataset,
+    DatasetSpec,
+    dataset_names,
+    input_shape,
+    load,
+    register_dataset,
+    register_federated_dataset,
+)
+from fedml.data.synthetic import SyntheticDataset
 
 __all__ = [
     "ClientData",
+    "ClientDataset",
     "DatasetSpec",
     "FederatedDataset",
     "Partitioner",
     "RawData",
+    "SyntheticDataset",
     "dataset_names",
     "input_shape",
     "load",
@@ -26,6 +37,7 @@ __all__ = [
     "partition_methods",
     "read_idx",
     "register_dataset",
+    "register_federated_dataset",
     "register_partitioner",
     "split_test_like_train",
 ]

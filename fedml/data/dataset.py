@@ -14,6 +14,9 @@ from fedml.errors import DataError
 
 TensorLike = torch.Tensor | np.ndarray
 
+GATHER_BLOCK_ROWS = 8192
+"""Samples gathered from the shared tensors at once when iterating a view in batches."""
+
 
 @dataclass(frozen=True, eq=False)
 class RawData:
@@ -101,9 +104,14 @@ class ClientData:
         return self._iter_batches(order, size)
 
     def _iter_batches(self, order: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, order.numel(), size):
-            chunk = order[start : start + size]
-            yield self.x[chunk], self.y[chunk]
+        # One gather per block of batches instead of one per batch: the batches are slices (views) of
+        # the block, with the same values, and the block size bounds the memory of the copy.
+        block = size * max(1, GATHER_BLOCK_ROWS // size)
+        for block_start in range(0, order.numel(), block):
+            chunk = order[block_start : block_start + block]
+            xs, ys = self.x[chunk], self.y[chunk]
+            for start in range(0, chunk.numel(), size):
+                yield xs[start : start + size], ys[start : start + size]
 
 
 @dataclass(eq=False)

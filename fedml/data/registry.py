@@ -14,6 +14,9 @@ from fedml.data.mnist import INPUT_SHAPE as MNIST_INPUT_SHAPE
 from fedml.data.mnist import OUTPUT_DIM as MNIST_OUTPUT_DIM
 from fedml.data.mnist import load_mnist
 from fedml.data.partition import partition_labels, split_test_like_train
+from fedml.data.synthetic import INPUT_SHAPE as SYNTHETIC_INPUT_SHAPE
+from fedml.data.synthetic import OUTPUT_DIM as SYNTHETIC_OUTPUT_DIM
+from fedml.data.synthetic import SyntheticDataset, load_synthetic
 from fedml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -23,14 +26,25 @@ PARTITION_STREAM = 0x5EED_DA7A
 
 Loader = Callable[[Any], RawData]
 
+ClientDataset = FederatedDataset | SyntheticDataset
+"""What ``load`` returns: an object with ``client_num``, ``local_train(i)``, ``test_global``, ..."""
+
+Builder = Callable[[Any], ClientDataset]
+"""Builds a whole federated dataset from the run's arguments (it does its own split)."""
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset: how to load it and what the model must accept and predict."""
+    """A registered dataset: how to load it and what the model must accept and predict.
 
-    loader: Loader
+    ``loader`` returns raw tensors that ``load`` partitions; ``builder``, when set instead, returns
+    the federated dataset itself (for datasets defined per client, such as ``synthetic``).
+    """
+
+    loader: Loader | None
     input_shape: tuple[int, ...]
     output_dim: int
+    builder: Builder | None = None
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -66,6 +80,18 @@ def register_dataset(name: str, loader: Loader, input_shape: tuple[int, ...], ou
     _DATASETS[name] = DatasetSpec(loader, tuple(input_shape), int(output_dim))
 
 
+def register_federated_dataset(
+    name: str, builder: Builder, input_shape: tuple[int, ...], output_dim: int
+) -> None:
+    """Make a dataset that is defined per client available as ``data_args.dataset: <name>``.
+
+    ``builder(args)`` returns the federated dataset directly; ``partition_method`` does not apply.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a dataset name must be a non-empty string, got {name!r}")
+    _DATASETS[name] = DatasetSpec(None, tuple(input_shape), int(output_dim), builder)
+
+
 def dataset_names() -> list[str]:
     """Return the registered dataset names, sorted."""
     return sorted(_DATASETS)
@@ -76,7 +102,7 @@ def input_shape(name: str) -> tuple[int, ...]:
     return _spec(name).input_shape
 
 
-def load(args: Any) -> tuple[FederatedDataset, int]:
+def load(args: Any) -> tuple[ClientDataset, int]:
     """Load the configured dataset and split it among clients.
 
     Parameters
@@ -103,6 +129,12 @@ def load(args: Any) -> tuple[FederatedDataset, int]:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"common_args.random_seed must be a non-negative integer, got {seed!r}")
 
+    if spec.builder is not None:
+        built = spec.builder(args)
+        logger.info("dataset %s: %s, %d clients", args.dataset, built.source, built.client_num)
+        return built, spec.output_dim
+    if spec.loader is None:
+        raise ConfigError(f"dataset {args.dataset!r} is registered without a loader or builder")
     raw = spec.loader(args)
     if tuple(raw.train_x.shape[1:]) != spec.input_shape:
         raise DataError(
@@ -172,3 +204,4 @@ def _load_mnist_args(args: Any) -> RawData:
 
 
 register_dataset("mnist", _load_mnist_args, MNIST_INPUT_SHAPE, MNIST_OUTPUT_DIM)
+register_federated_dataset("synthetic", load_synthetic, SYNTHETIC_INPUT_SHAPE, SYNTHETIC_OUTPUT_DIM)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,7 +13,11 @@ from fedml.core.sampling import client_generator
 from fedml.ml.evaluation import evaluate
 
 if TYPE_CHECKING:
+    from fedml.core.algorithms import Penalty
     from fedml.data import ClientData
+
+StepFn = Callable[[Sequence[torch.Tensor]], None]
+"""Applies one optimizer step given the gradients of the trainable parameters, in order."""
 
 
 class ClientTrainer:
@@ -21,8 +25,8 @@ class ClientTrainer:
 
     The default is supervised classification: ``args.epochs`` passes of SGD (or Adam) with cross-entropy
     over the client's data, shuffled by a generator derived from ``(random_seed, round, client)``.
-    Override ``train`` (and ``test``) for other objectives; the runner calls ``set_id``, ``set_round``
-    and ``set_model_params`` before ``train`` and ``get_model_params`` after it.
+    Override ``train`` (and ``test``) for other objectives; the runner calls ``set_id``, ``set_round``,
+    ``set_model_params`` and ``set_penalty`` before ``train`` and ``get_model_params`` after it.
 
     Parameters
     ----------
@@ -31,6 +35,12 @@ class ClientTrainer:
     args
         The run's arguments (``fedml.init()``).
 
+    Notes
+    -----
+    SGD is applied by ``sgd_step`` with the exact operations of ``torch.optim.SGD`` (weight decay, then
+    momentum with a buffer that starts fresh every round), without the optimizer object's per-step
+    bookkeeping; the vectorized engine applies the same rule to many clients at once.
+
     """
 
     def __init__(self, model: nn.Module, args: Any) -> None:
@@ -38,6 +48,8 @@ class ClientTrainer:
         self.args = args
         self.id = 0
         self.round_idx = 0
+        self.penalty: Penalty | None = None
+        self.penalty_anchor: Mapping[str, torch.Tensor] | None = None
 
     def set_id(self, trainer_id: int) -> None:
         """Set the index of the client this trainer acts for next."""
@@ -46,6 +58,14 @@ class ClientTrainer:
     def set_round(self, round_idx: int) -> None:
         """Set the (0-based) round being trained."""
         self.round_idx = round_idx
+
+    def set_penalty(self, penalty: Penalty | None, anchor: Mapping[str, torch.Tensor] | None) -> None:
+        """Add ``penalty(params, anchor)`` to the loss of the next ``train`` calls (``None``: no penalty).
+
+        Algorithms such as FedProx set it; a ``train`` override should add it to its loss too.
+        """
+        self.penalty = penalty
+        self.penalty_anchor = anchor
 
     def get_model_params(self) -> dict[str, torch.Tensor]:
         """Return a detached copy of the model state (safe to keep after further training)."""
@@ -59,28 +79,86 @@ class ClientTrainer:
         """Train on ``train_data`` for ``args.epochs`` epochs; return ``{"train_loss", "num_samples"}``."""
         model = self.model.to(device)
         model.train()
-        optimizer = self._optimizer(args)
+        named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        params = list(named.values())
+        step = self._step_fn(params, args)
+        penalty, anchor = self.penalty, self.penalty_anchor
         generator = client_generator(args.random_seed, self.round_idx, self.id)
-        loss_sum, seen = 0.0, 0
+        on_device = train_data.x.device == device
+        losses: list[torch.Tensor] = []
+        sizes: list[int] = []
         for _ in range(args.epochs):
             for x, y in train_data.batches(args.batch_size, generator):
-                x, y = x.to(device), y.to(device)
-                optimizer.zero_grad(set_to_none=True)
+                if not on_device:
+                    x, y = x.to(device), y.to(device)
                 loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
-                seen += len(y)
+                if penalty is not None:
+                    loss = loss + penalty(named, anchor or {})
+                step(torch.autograd.grad(loss, params))
+                losses.append(loss.detach())
+                sizes.append(len(y))
+        # One conversion at the end instead of a host sync per step; the sum is the same float64 sum.
+        values = torch.stack(losses).tolist() if losses else []
+        loss_sum = sum(value * n for value, n in zip(values, sizes, strict=True))
+        seen = sum(sizes)
         return {"train_loss": loss_sum / seen if seen else float("nan"), "num_samples": len(train_data)}
 
     def test(self, test_data: ClientData, device: torch.device, args: Any) -> dict[str, float]:
         """Return ``{"accuracy", "loss", "num_samples"}`` on ``test_data``."""
         return evaluate(self.model, test_data, device)
 
-    def _optimizer(self, args: Any) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+    def _step_fn(self, params: list[torch.Tensor], args: Any) -> StepFn:
         if args.client_optimizer == "adam":
-            return torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-        return torch.optim.SGD(
-            params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
-        )
+            optimizer = torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+
+            def adam_step(grads: Sequence[torch.Tensor]) -> None:
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                optimizer.step()
+
+            return adam_step
+        buffers: list[torch.Tensor | None] = [None] * len(params)
+        lr, momentum, weight_decay = args.learning_rate, args.momentum, args.weight_decay
+
+        def step(grads: Sequence[torch.Tensor]) -> None:
+            sgd_step(params, grads, buffers, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+        return step
+
+
+@torch.no_grad()
+def sgd_step(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    buffers: list[torch.Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """Apply one step of ``torch.optim.SGD`` (no dampening, no Nesterov) in place, with the same operations.
+
+    Parameters
+    ----------
+    params
+        Parameters, updated in place; for stacked parameters every client row is updated.
+    grads
+        Their gradients.
+    buffers
+        Momentum buffers, one per parameter, ``None`` before the first step (filled in here).
+    lr, momentum, weight_decay
+        As ``torch.optim.SGD``.
+
+    """
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        if momentum != 0:
+            buf = buffers[i]
+            if buf is None:
+                buf = grad.detach().clone()
+                buffers[i] = buf
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1)
+            grad = buf
+        param.add_(grad, alpha=-lr)

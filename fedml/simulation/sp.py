@@ -1,4 +1,4 @@
-"""Single-process simulation: every sampled client is trained in turn by one reused model object."""
+"""Single-process simulation: clients trained one by one by one reused model, or many at once (vectorized)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedml.core.algorithms import Client, create_algorithm
+from fedml.core.algorithms import Client, RoundContext, Update, create_algorithm
 from fedml.core.round import FederatedRound
 from fedml.ml import ClientTrainer, ServerAggregator
+from fedml.simulation.engine import choose_engine
 from fedml.tracking import RunResult, progress
 
 if TYPE_CHECKING:
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
 
 class SPSimulator:
     """Runs ``comm_round`` rounds of ``train_args.federated_optimizer`` in this process.
+
+    ``train_args.engine`` chooses how the sampled clients of a round are trained: one after the other
+    (``sequential``) or all at once as one batched computation (``vectorized``); ``auto`` follows
+    ``fedml.simulation.engine.choose_engine``. Both give the same model up to float rounding.
 
     Parameters
     ----------
@@ -50,6 +55,14 @@ class SPSimulator:
         self.trainer = client_trainer or ClientTrainer(model, args)
         self.aggregator = server_aggregator or ServerAggregator(model, args)
         self.algorithm = create_algorithm(args)
+        self.engine, objective = choose_engine(
+            args, device, model, self.algorithm, dataset, custom_trainer=client_trainer is not None
+        )
+        self.vectorized = None
+        if objective is not None:
+            from fedml.simulation.vectorized import VectorizedTrainer
+
+            self.vectorized = VectorizedTrainer(model, args, device, objective)
 
     def run(self) -> RunResult:
         """Train and evaluate all rounds; return the final metrics, history and run directory."""
@@ -59,13 +72,22 @@ class SPSimulator:
         try:
             global_state = rounds.start()
             for round_idx in progress(range(self.args.comm_round), self.args.comm_round, "rounds"):
-                ctx = rounds.context(round_idx)
-                updates = [
-                    self.algorithm.client_update(global_state, Client(c, self.dataset.local_train(c)), ctx)
-                    for c in rounds.clients(round_idx)
-                ]
+                updates = self._train(
+                    round_idx, global_state, rounds.clients(round_idx), rounds.context(round_idx)
+                )
                 global_state = rounds.finish(round_idx, global_state, updates)
         except BaseException:
             rounds.tracker.close()
             raise
         return rounds.result()
+
+    def _train(
+        self, round_idx: int, global_state: dict[str, torch.Tensor], clients: list[int], ctx: RoundContext
+    ) -> list[Update]:
+        if self.vectorized is not None:
+            data = [(c, self.dataset.local_train(c)) for c in clients]
+            return self.vectorized.train_round(round_idx, global_state, data)
+        return [
+            self.algorithm.client_update(global_state, Client(c, self.dataset.local_train(c)), ctx)
+            for c in clients
+        ]

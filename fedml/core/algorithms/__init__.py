@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedml.core.algorithms.base import Algorithm, Client, RoundContext, Update
+from fedml.core.algorithms.base import (
+    Algorithm,
+    Client,
+    LocalObjective,
+    Penalty,
+    RoundContext,
+    Update,
+    train_locally,
+)
 from fedml.core.algorithms.fedavg import FedAvg
+from fedml.core.algorithms.fedprox import FedProx
 from fedml.errors import ConfigError
 
 AlgorithmFactory = Callable[[Any], Algorithm]
@@ -44,15 +53,20 @@ def create_algorithm(args: Any) -> Algorithm:
 
 
 register_algorithm("FedAvg", FedAvg)
+register_algorithm("FedProx", FedProx)
 
 __all__ = [
     "Algorithm",
     "AlgorithmFactory",
     "Client",
     "FedAvg",
+    "FedProx",
+    "LocalObjective",
+    "Penalty",
     "RoundContext",
     "Update",
     "algorithm_names",
     "create_algorithm",
     "register_algorithm",
+    "train_locally",
 ]

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from fedml.core.algorithms.base import Client, RoundContext, Update
+from fedml.core.algorithms.base import Client, LocalObjective, RoundContext, Update, train_locally
 
 
 class FedAvg:
@@ -17,16 +17,15 @@ class FedAvg:
     def __init__(self, args: Any = None) -> None:
         self.args = args
 
+    def local_objective(self) -> LocalObjective:
+        """Plain local training: the loss without a penalty."""
+        return LocalObjective()
+
     def client_update(
         self, global_state: dict[str, torch.Tensor], client: Client, ctx: RoundContext
     ) -> Update:
         """Load the global state, train locally, return the trained state weighted by the sample count."""
-        trainer = ctx.trainer
-        trainer.set_id(client.idx)
-        trainer.set_round(ctx.round_idx)
-        trainer.set_model_params(global_state)
-        metrics = trainer.train(client.train_data, ctx.device, ctx.args) or {}
-        return Update(client.idx, float(len(client.train_data)), trainer.get_model_params(), dict(metrics))
+        return train_locally(global_state, client, ctx, self.local_objective())
 
     def server_update(
         self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext

@@ -1,0 +1,188 @@
+"""Simulation speed: a plain-PyTorch reference loop vs fedml's sequential and vectorized engines.
+
+Every measurement runs in its own subprocess, so the peak memory (max RSS) is per case. Wall time
+counts training and per-round evaluation, not importing or loading data. Run from the repository root::
+
+    python benchmarks/simulation_speed.py            # the full table (several minutes on 2 cores)
+    python benchmarks/simulation_speed.py --quick    # a short smoke run with fewer rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CASES = {
+    "a": {
+        "dataset": "mnist",
+        "model": "lr",
+        "client_num_in_total": 100,
+        "client_num_per_round": 10,
+        "comm_round": 100,
+    },
+    "b": {
+        "dataset": "mnist",
+        "model": "lr",
+        "client_num_in_total": 1000,
+        "client_num_per_round": 100,
+        "comm_round": 50,
+    },
+    "c": {
+        "dataset": "synthetic",
+        "model": "lr",
+        "client_num_in_total": 10_000,
+        "client_num_per_round": 1000,
+        "comm_round": 10,
+    },
+    "d": {
+        "dataset": "mnist",
+        "model": "cnn",
+        "client_num_in_total": 10,
+        "client_num_per_round": 10,
+        "comm_round": 5,
+    },
+}
+QUICK_ROUNDS = {"a": 10, "b": 5, "c": 2, "d": 1}
+SCALE = {"dataset": "synthetic", "model": "lr", "client_num_in_total": 100_000, "client_num_per_round": 1000}
+
+
+def reference(settings: dict) -> dict:
+    """FedAvg written directly in PyTorch on the same data: the floor an engine is measured against."""
+    import numpy as np
+    import torch
+    from torch.nn import functional as F  # noqa: N812
+
+    import fedml
+    from fedml.config import load_arguments
+
+    args = load_arguments(None, {**settings, "download": False})
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    test = dataset.test_global
+    test_x, test_y = test.tensors()
+    # Warm up: the first optimizer step imports torch._dynamo (about 1 s), which is not per-step cost.
+    torch.optim.SGD(model.parameters(), lr=0.0).step()
+    start = time.perf_counter()
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    for _ in range(args.comm_round):
+        chosen = rng.choice(dataset.client_num, args.client_num_per_round, replace=False)
+        total, acc_state = 0, {k: torch.zeros_like(v) for k, v in global_state.items()}
+        for c in chosen:
+            x, y = dataset.local_train(int(c)).tensors()
+            if len(y) == 0:
+                continue
+            model.load_state_dict(global_state)
+            opt = torch.optim.SGD(model.parameters(), lr=args.learning_rate)
+            for _ in range(args.epochs):
+                perm = torch.randperm(len(y))
+                for i in range(0, len(y), args.batch_size):
+                    idx = perm[i : i + args.batch_size]
+                    opt.zero_grad()
+                    F.cross_entropy(model(x[idx]), y[idx]).backward()
+                    opt.step()
+            total += len(y)
+            for k, v in model.state_dict().items():
+                acc_state[k] += v * len(y)
+        global_state = {k: v / total for k, v in acc_state.items()}
+        model.load_state_dict(global_state)
+        with torch.no_grad():
+            accuracy = float((model(test_x).argmax(1) == test_y).float().mean())
+    return {"seconds": time.perf_counter() - start, "accuracy": accuracy}
+
+
+def engine(settings: dict, name: str) -> dict:
+    """One fedml run with ``train_args.engine: name``."""
+    import torch
+
+    import fedml
+    from fedml.config import load_arguments
+
+    with tempfile.TemporaryDirectory() as runs:
+        args = load_arguments(None, {**settings, "download": False, "engine": name, "run_dir": runs})
+        dataset, output_dim = fedml.data.load(args)
+        model = fedml.model.create(args, output_dim)
+        start = time.perf_counter()
+        result = fedml.FedMLRunner(args, torch.device("cpu"), dataset, model).run()
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "accuracy": result.final_metrics["test_accuracy"]}
+
+
+def worker(kind: str, settings: dict) -> None:
+    """Run one measurement and print it as JSON with this process's peak memory."""
+    import logging
+
+    logging.getLogger("fedml").setLevel(logging.WARNING)
+    out = reference(settings) if kind == "reference" else engine(settings, kind)
+    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def measure(kind: str, settings: dict) -> dict:
+    """Run ``worker(kind, settings)`` in a fresh interpreter and return its JSON line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, __file__, "--worker", kind, json.dumps(settings)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        return {"seconds": math.nan, "accuracy": math.nan, "peak_mb": math.nan, "error": done.stderr[-500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def whole_process() -> float:
+    """Return the wall time of the default simulation as a whole new process, imports included."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory() as runs:
+        code = f"import fedml; fedml.run_simulation(argv=[], download=False, run_dir={runs!r})"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, check=True)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    """Print the table of every case, the whole-process time and the 100,000-client memory."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
+    parser.add_argument("--cases", default="abcd", help="which cases to run, e.g. 'ab'")
+    parser.add_argument("--worker", nargs=2, metavar=("KIND", "SETTINGS"), help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.worker:
+        worker(opts.worker[0], json.loads(opts.worker[1]))
+        return
+    print(f"{'case':<5}{'runner':<12}{'wall s':>8}{'peak MB':>9}{'accuracy':>10}{'x reference':>13}")
+    for case in opts.cases:
+        settings = dict(CASES[case])
+        if opts.quick:
+            settings["comm_round"] = QUICK_ROUNDS[case]
+        ref = measure("reference", settings)
+        for kind in ("reference", "sequential", "vectorized"):
+            row = ref if kind == "reference" else measure(kind, settings)
+            ratio = row["seconds"] / ref["seconds"]
+            print(
+                f"{case:<5}{kind:<12}{row['seconds']:>8.2f}{row['peak_mb']:>9.0f}"
+                f"{row['accuracy']:>10.3f}{ratio:>13.2f}",
+                flush=True,
+            )
+            if "error" in row:
+                print(row["error"], file=sys.stderr)
+    seconds = whole_process()
+    print(f"whole process, `import fedml; fedml.run_simulation()` (10 clients, 50 rounds): {seconds:.2f} s")
+    scale = {**SCALE, "comm_round": 1 if opts.quick else 3}
+    big = measure("vectorized", scale)
+    print(
+        f"100,000 synthetic clients, 1,000 per round, {scale['comm_round']} rounds (vectorized): "
+        f"peak {big['peak_mb']:.0f} MB, {big['seconds']:.1f} s, accuracy {big['accuracy']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

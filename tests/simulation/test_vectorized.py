@@ -1,0 +1,164 @@
+import logging
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import fedml
+from fedml.simulation.engine import AUTO_MAX_PARAMS, choose_engine
+from fedml.simulation.sp import SPSimulator
+
+
+def run(args, **kwargs):
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    return fedml.FedMLRunner(args, torch.device("cpu"), dataset, model, **kwargs).run()
+
+
+def max_diff(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+SMALL = {"client_num_in_total": 20, "client_num_per_round": 4, "comm_round": 3}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model": "lr"},
+        {"model": "mlp", "epochs": 2},
+        {"model": "cnn", "client_num_per_round": 2, "batch_size": 16},
+        {"model": "lr", "epochs": 2, "momentum": 0.5, "weight_decay": 0.001, "batch_size": 7},
+        {"model": "mlp", "federated_optimizer": "FedProx", "fedprox_mu": 0.1},
+        {"dataset": "synthetic", "model": "lr", "epochs": 2},
+    ],
+    ids=["lr", "mlp-epochs2", "cnn", "lr-momentum-wd", "mlp-fedprox", "synthetic"],
+)
+def test_vectorized_matches_sequential_after_three_rounds(make_args, overrides):
+    settings = {**SMALL, **overrides}
+    sequential = run(make_args(engine="sequential", **settings))
+    vectorized = run(make_args(engine="vectorized", **settings))
+    assert max_diff(sequential.model_state, vectorized.model_state) <= 1e-5
+    assert vectorized.final_metrics["train_loss"] == pytest.approx(
+        sequential.final_metrics["train_loss"], 1e-4
+    )
+
+
+def test_clients_of_unequal_sizes_are_masked(make_args):
+    args = make_args(engine="vectorized", **SMALL)
+    dataset, _ = fedml.data.load(args)
+    sizes = {dataset.local_sample_num(c) for c in range(dataset.client_num)}
+    assert len(sizes) > 5  # hetero partition: many different sizes and numbers of steps
+    assert max_diff(run(make_args(engine="sequential", **SMALL)).model_state, run(args).model_state) <= 1e-5
+
+
+def test_fedprox_with_mu_zero_is_fedavg_exactly(make_args):
+    for engine in ("sequential", "vectorized"):
+        fedavg = run(make_args(engine=engine, **SMALL)).model_state
+        prox = run(
+            make_args(engine=engine, federated_optimizer="FedProx", fedprox_mu=0.0, **SMALL)
+        ).model_state
+        assert all(torch.equal(fedavg[k], prox[k]) for k in fedavg)
+
+
+def test_fedprox_pulls_towards_the_global_model(make_args):
+    fedavg = run(make_args(engine="sequential", **SMALL)).model_state
+    prox = run(make_args(engine="sequential", federated_optimizer="FedProx", fedprox_mu=1.0, **SMALL))
+    assert max_diff(fedavg, prox.model_state) > 1e-4
+
+
+class BatchNormModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(784)
+        self.linear = nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.linear(self.norm(x.flatten(1)))
+
+
+def sp(args, model=None, **kwargs):
+    dataset, output_dim = fedml.data.load(args)
+    model = model or fedml.model.create(args, output_dim)
+    return SPSimulator(args, torch.device("cpu"), dataset, model, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("trainer", "a custom ClientTrainer is used"),
+        ("adam", "client_optimizer 'adam'"),
+        ("batchnorm", "buffers updated in place"),
+        ("dropout", "draws random numbers"),
+    ],
+)
+def test_unsupported_runs_fall_back_with_one_log_line(make_args, caplog, case, reason):
+    caplog.set_level(logging.INFO, logger="fedml")
+    args = make_args(engine="vectorized", client_optimizer="adam" if case == "adam" else "sgd")
+    model = None
+    if case == "batchnorm":
+        model = BatchNormModel()
+    elif case == "dropout":
+        model = nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(784, 10))
+    kwargs = {}
+    if case == "trainer":
+        base = fedml.model.create(args, 10)
+        model, kwargs = base, {"client_trainer": fedml.ClientTrainer(base, args)}
+    simulator = sp(args, model, **kwargs)
+    assert simulator.engine == "sequential"
+    lines = [r for r in caplog.records if r.getMessage().startswith("engine:")]
+    assert len(lines) == 1
+    assert lines[0].levelno == logging.WARNING
+    assert reason in lines[0].getMessage()
+
+
+def test_an_algorithm_without_a_functional_rule_falls_back(make_args, caplog):
+    class Opaque(fedml.core.algorithms.FedAvg):
+        def local_objective(self):
+            return None
+
+    caplog.set_level(logging.INFO, logger="fedml")
+    args = make_args(engine="vectorized")
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    engine, objective = choose_engine(
+        args, torch.device("cpu"), model, Opaque(), dataset, custom_trainer=False
+    )
+    assert (engine, objective) == ("sequential", None)
+    assert "no functional form" in caplog.text
+
+
+def test_engine_is_read_from_yaml(make_args, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"train_args": {"engine": "sequential", "comm_round": 1}}))
+    assert sp(make_args(config)).engine == "sequential"
+    config.write_text(yaml.safe_dump({"train_args": {"engine": "vectorized", "comm_round": 1}}))
+    assert sp(make_args(config)).engine == "vectorized"
+
+
+def test_bad_engine_name_is_a_config_error(make_args):
+    with pytest.raises(fedml.ConfigError, match=r"train_args\.engine"):
+        make_args(engine="turbo")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, "vectorized"),  # 10 small clients per round
+        ({"client_num_per_round": 3}, "sequential"),  # too few clients to batch on a CPU
+        ({"model": "cnn"}, "sequential"),  # more than AUTO_MAX_PARAMS parameters
+        ({"client_optimizer": "adam"}, "sequential"),  # not supported
+    ],
+)
+def test_auto_picks_what_the_docs_say(make_args, overrides, expected):
+    simulator = sp(make_args(**overrides))
+    assert simulator.engine == expected
+
+
+def test_auto_rule_thresholds_are_the_documented_ones():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "performance.md").read_text()
+    assert "at least 4 clients per round" in text
+    assert f"{AUTO_MAX_PARAMS:,}" in text
