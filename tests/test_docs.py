@@ -15,4 +15,6 @@ def test_configuration_reference_lists_every_key_with_its_default():
             row = re.search(rf"^\| `{key}` \| `([^`]*)` \|", body, re.MULTILINE)
             assert row, f"{section}.{key} is not documented"
             documented = yaml.safe_load(row.group(1))
-            assert documented == field.default, f"{section}.{key}: documented default differs"
+            assert documented == field.get_default(call_default_factory=True), (
+                f"{section}.{key}: documented default differs"
+            )

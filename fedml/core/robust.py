@@ -12,12 +12,13 @@ median by smoothed Weiszfeld iterations (RFA, Pillutla et al., 2022).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from fedml.core.aggregation import State, WeightedState, check_weights, weighted_mean
-from fedml.errors import AggregationError
+from fedml.errors import AggregationError, ConfigError
 
 
 def coordinate_median(updates: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
@@ -192,3 +193,56 @@ def _unflatten(
             result[key] = vector[offset : offset + size].reshape(tensor.shape).to(tensor.dtype)
             offset += size
     return result
+
+
+AggregationRule = Callable[[Sequence[WeightedState], State], dict[str, torch.Tensor]]
+"""``rule(updates, global_state) -> state``: how a round's updates become the next global state."""
+
+_RULES: dict[str, Callable[[Any], AggregationRule]] = {}
+
+
+def register_aggregation_rule(name: str, factory: Callable[[Any], AggregationRule]) -> None:
+    """Make ``factory(args)`` available as ``defense_args.defense_type: name``."""
+    _RULES[name] = factory
+
+
+def aggregation_rule_names() -> list[str]:
+    """Return the registered ``defense_type`` names."""
+    return sorted(_RULES)
+
+
+def create_aggregation_rule(args: Any) -> AggregationRule:
+    """Return the rule named by ``defense_args.defense_type`` when ``enable_defense`` is set, else the mean.
+
+    Raises
+    ------
+    ConfigError
+        If the defense is enabled with a type that is not registered.
+
+    """
+    if not getattr(args, "enable_defense", False):
+        return _mean
+    name = args.defense_type
+    if name not in _RULES:
+        raise ConfigError(
+            f"defense_args.defense_type: unknown defense {name!r}; "
+            f"valid: {', '.join(aggregation_rule_names())}"
+        )
+    return _RULES[name](args)
+
+
+def _mean(updates: Sequence[WeightedState], global_state: State) -> dict[str, torch.Tensor]:
+    return weighted_mean(updates)
+
+
+register_aggregation_rule("median", lambda args: lambda u, g: coordinate_median(u))
+register_aggregation_rule("trimmed_mean", lambda args: lambda u, g: trimmed_mean(u, args.trim_param_b))
+register_aggregation_rule("krum", lambda args: lambda u, g: krum(u, args.byzantine_client_num))
+register_aggregation_rule(
+    "multikrum", lambda args: lambda u, g: krum(u, args.byzantine_client_num, args.krum_param_m)
+)
+register_aggregation_rule("bulyan", lambda args: lambda u, g: bulyan(u, args.byzantine_client_num))
+register_aggregation_rule(
+    "norm_diff_clipping", lambda args: lambda u, g: norm_diff_clipping(u, g, args.norm_bound)
+)
+register_aggregation_rule("geometric_median", lambda args: lambda u, g: geometric_median(u))

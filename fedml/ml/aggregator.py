@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedml.core.aggregation import WeightedState, weighted_mean
+from fedml.core.aggregation import WeightedState
+from fedml.core.robust import create_aggregation_rule
 from fedml.ml.evaluation import evaluate
 
 if TYPE_CHECKING:
@@ -20,7 +21,8 @@ class ServerAggregator:
 
     Every runner calls, in order, ``on_before_aggregation``, ``aggregate`` and ``on_after_aggregation``
     (see ``aggregate_with_hooks``), then ``set_model_params`` and, on evaluation rounds, ``test``.
-    Override any of them; the defaults are the sample-weighted mean and classification accuracy.
+    Override any of them; the defaults are the sample-weighted mean (or the Byzantine-robust rule that
+    ``defense_args`` enables) and classification accuracy.
 
     Parameters
     ----------
@@ -34,6 +36,7 @@ class ServerAggregator:
     def __init__(self, model: nn.Module, args: Any) -> None:
         self.model = model
         self.args = args
+        self.rule = create_aggregation_rule(args)
 
     def get_model_params(self) -> dict[str, torch.Tensor]:
         """Return a detached copy of the global model state."""
@@ -50,8 +53,11 @@ class ServerAggregator:
         return raw_client_model_or_grad_list
 
     def aggregate(self, raw_client_model_or_grad_list: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
-        """Return the sample-weighted mean of the client states."""
-        return weighted_mean(raw_client_model_or_grad_list)
+        """Return the sample-weighted mean of the client states, or the robust rule of ``defense_args``.
+
+        The robust rules (``fedml.core.robust``) see the current global model too, for norm clipping.
+        """
+        return self.rule(raw_client_model_or_grad_list, self.model.state_dict())
 
     def on_after_aggregation(
         self, aggregated_model_or_grad: dict[str, torch.Tensor]

@@ -15,6 +15,8 @@ from fedml.core.algorithms.base import (
     train_locally,
 )
 from fedml.core.algorithms.fedavg import FedAvg
+from fedml.core.algorithms.fednova import FedNova
+from fedml.core.algorithms.fedopt import FedOpt
 from fedml.core.algorithms.fedprox import FedProx
 from fedml.errors import ConfigError
 
@@ -35,7 +37,7 @@ def algorithm_names() -> list[str]:
 
 
 def create_algorithm(args: Any) -> Algorithm:
-    """Build the algorithm named by ``args.federated_optimizer``.
+    """Build the algorithm named by ``args.federated_optimizer``, wrapped in the simulated attack if enabled.
 
     Raises
     ------
@@ -49,17 +51,26 @@ def create_algorithm(args: Any) -> Algorithm:
             f"train_args.federated_optimizer: unknown optimizer {name!r}; "
             f"valid: {', '.join(algorithm_names())}"
         )
-    return _ALGORITHMS[name](args)
+    algorithm = _ALGORITHMS[name](args)
+    if getattr(args, "enable_attack", False):
+        from fedml.core.attacks import AttackedAlgorithm
+
+        algorithm = AttackedAlgorithm(algorithm, args)
+    return algorithm
 
 
 register_algorithm("FedAvg", FedAvg)
 register_algorithm("FedProx", FedProx)
+register_algorithm("FedOpt", FedOpt)
+register_algorithm("FedNova", FedNova)
 
 __all__ = [
     "Algorithm",
     "AlgorithmFactory",
     "Client",
     "FedAvg",
+    "FedNova",
+    "FedOpt",
     "FedProx",
     "LocalObjective",
     "Penalty",

@@ -19,107 +19,21 @@ import difflib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from fedml.config.sections import BACKENDS, SECTIONS, _Section
 from fedml.errors import ConfigError
 
-BACKENDS = ("sp", "MPI", "NCCL", "GRPC", "MQTT")
-"""Every ``comm_args.backend`` name fedml knows; which run for which training type is the runner's table."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class CommonArgs(_Section):
-    """``common_args``: what kind of run this is and its seed."""
-
-    training_type: Literal["simulation", "cross_silo", "cross_device"] = "simulation"
-    random_seed: int = 0
-
-
-class DataArgs(_Section):
-    """``data_args``: which dataset, where it is cached, and how it is split across clients."""
-
-    dataset: str = "mnist"
-    data_cache_dir: str = "~/.cache/fedml/data"
-    download: bool = True
-    partition_method: str = "hetero"
-    partition_alpha: float = Field(0.5, gt=0)
-    shards_per_client: int = Field(2, ge=1)
-    synthetic_alpha: float = Field(1.0, ge=0)
-    synthetic_beta: float = Field(1.0, ge=0)
-    synthetic_max_samples: int = Field(1000, ge=1)
-
-
-class ModelArgs(_Section):
-    """``model_args``: which model to train."""
-
-    model: str = "lr"
-
-
-class TrainArgs(_Section):
-    """``train_args``: the federated optimizer, client sampling and local training."""
-
-    federated_optimizer: str = "FedAvg"
-    client_num_in_total: int = Field(10, ge=1)
-    client_num_per_round: int = Field(10, ge=1)
-    comm_round: int = Field(50, ge=1)
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(10, ge=1)
-    client_optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.03, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    engine: Literal["auto", "sequential", "vectorized"] = "auto"
-    fedprox_mu: float = Field(0.01, ge=0)
-
-
-class ValidationArgs(_Section):
-    """``validation_args``: how often the global model is evaluated."""
-
-    frequency_of_the_test: int = Field(1, ge=1)
-
-
-class DeviceArgs(_Section):
-    """``device_args``: where tensors live."""
-
-    using_gpu: bool = False
-    gpu_id: int = Field(0, ge=0)
-
-
-class CommArgs(_Section):
-    """``comm_args``: the communication backend."""
-
-    backend: str = "sp"
-    timeout: float = Field(300.0, gt=0)
-    max_message_mb: int = Field(1024, ge=1, le=2047)
-
-
-class TrackingArgs(_Section):
-    """``tracking_args``: where run directories go and what they keep."""
-
-    run_dir: str = "./runs"
-    run_name: str | None = None
-    save_model: bool = True
-
-
-SECTIONS: dict[str, type[_Section]] = {
-    "common_args": CommonArgs,
-    "data_args": DataArgs,
-    "model_args": ModelArgs,
-    "train_args": TrainArgs,
-    "validation_args": ValidationArgs,
-    "device_args": DeviceArgs,
-    "comm_args": CommArgs,
-    "tracking_args": TrackingArgs,
-}
-"""YAML section name -> the model that validates it."""
-
-_SECTION_OF: dict[str, str] = {key: name for name, model in SECTIONS.items() for key in model.model_fields}
+_SECTIONS_OF: dict[str, list[str]] = {}
+for _name, _model in SECTIONS.items():
+    for _key in _model.model_fields:
+        _SECTIONS_OF.setdefault(_key, []).append(_name)
+_SECTION_OF: dict[str, str] = {key: names[0] for key, names in _SECTIONS_OF.items()}
+"""Key -> the first section holding it. A key in several sections (``byzantine_client_num`` is in
+``defense_args`` and ``attack_args``, as in FedML) reads from the first and is written to all."""
 
 
 class Arguments:
@@ -154,14 +68,14 @@ class Arguments:
         raise AttributeError(f"'Arguments' has no attribute {name!r}{_suggest(name, _SECTION_OF)}")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SECTION_OF:
-            section = _SECTION_OF[name]
-            try:
-                setattr(self._sections[section], name, value)
-            except ValidationError as exc:
-                raise ConfigError(
-                    _format_errors(self.config_file, [(f"{section}.{name}", _first_msg(exc))])
-                ) from exc
+        if name in _SECTIONS_OF:
+            for section in _SECTIONS_OF[name]:
+                try:
+                    setattr(self._sections[section], name, value)
+                except ValidationError as exc:
+                    raise ConfigError(
+                        _format_errors(self.config_file, [(f"{section}.{name}", _first_msg(exc))])
+                    ) from exc
         elif name in SECTIONS:
             raise AttributeError(f"section {name!r} cannot be replaced; set its keys instead")
         else:
@@ -213,11 +127,12 @@ def load_arguments(
     }
     for key, value in (overrides or {}).items():
         section, _, field = key.rpartition(".")
-        section = section or _SECTION_OF.get(field, "")
-        if section not in SECTIONS or field not in SECTIONS[section].model_fields:
+        targets = [section] if section else _SECTIONS_OF.get(field, [])
+        if not targets or any(t not in SECTIONS or field not in SECTIONS[t].model_fields for t in targets):
             errors.append((key, f"unknown override{_suggest(field, _SECTION_OF)}"))
-        else:
-            values.setdefault(section, {})[field] = value
+        for target in targets:
+            if target in SECTIONS and field in SECTIONS[target].model_fields:
+                values.setdefault(target, {})[field] = value
     sections: dict[str, _Section] = {}
     for name, model in SECTIONS.items():
         if name not in values:
@@ -293,6 +208,9 @@ def _section_errors(name: str, model: type[_Section], exc: ValidationError) -> l
 
 def _cross_checks(sections: Mapping[str, _Section]) -> list[tuple[str, str]]:
     from fedml.core.algorithms import algorithm_names
+    from fedml.core.algorithms.fedopt import SERVER_OPTIMIZERS
+    from fedml.core.attacks import ATTACK_TYPES, BYZANTINE_MODES
+    from fedml.core.robust import aggregation_rule_names
     from fedml.data import dataset_names, partition_methods
     from fedml.model import model_names
 
@@ -311,7 +229,10 @@ def _cross_checks(sections: Mapping[str, _Section]) -> list[tuple[str, str]]:
         ("data_args.partition_method", data.partition_method, partition_methods),
         ("model_args.model", sections["model_args"].model, model_names),
         ("train_args.federated_optimizer", train.federated_optimizer, algorithm_names),
+        ("train_args.server_optimizer", train.server_optimizer, lambda: SERVER_OPTIMIZERS),
+        ("attack_args.attack_mode", sections["attack_args"].attack_mode, lambda: BYZANTINE_MODES),
     ]
+    errors.extend(_defense_attack_checks(sections, named, ATTACK_TYPES, aggregation_rule_names))
     for key, value, names in named:
         valid = list(names())
         if value not in valid:
@@ -322,6 +243,46 @@ def _cross_checks(sections: Mapping[str, _Section]) -> list[tuple[str, str]]:
         sections["comm_args"].backend = canonical[backend.upper()]
     else:
         errors.append(("comm_args.backend", f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}"))
+    return errors
+
+
+def _defense_attack_checks(
+    sections: Mapping[str, _Section],
+    named: list[tuple[str, str, Callable[[], Sequence[str]]]],
+    attack_types: Sequence[str],
+    rule_names: Callable[[], Sequence[str]],
+) -> list[tuple[str, str]]:
+    """Check that an enabled defense or attack names its type; queue the type names for validation."""
+    defense, attack = sections["defense_args"], sections["attack_args"]
+    errors = []
+    if defense.enable_defense and defense.defense_type is None:
+        errors.append(
+            (
+                "defense_args.defense_type",
+                f"enable_defense is true but no type is set; valid: {', '.join(rule_names())}",
+            )
+        )
+    if defense.defense_type is not None:
+        named.append(("defense_args.defense_type", defense.defense_type, rule_names))
+    if attack.enable_attack and attack.attack_type is None:
+        errors.append(
+            (
+                "attack_args.attack_type",
+                f"enable_attack is true but no type is set; valid: {', '.join(attack_types)}",
+            )
+        )
+    if attack.attack_type is not None:
+        named.append(("attack_args.attack_type", attack.attack_type, lambda: attack_types))
+    if attack.enable_attack and sections["common_args"].training_type != "simulation":
+        errors.append(("attack_args.enable_attack", "attacks are simulated only (common_args.training_type)"))
+    if len(attack.original_class_list) != len(attack.target_class_list):
+        errors.append(
+            (
+                "attack_args.target_class_list",
+                f"{len(attack.target_class_list)} classes but original_class_list has "
+                f"{len(attack.original_class_list)}",
+            )
+        )
     return errors
 
 
@@ -344,3 +305,6 @@ def _format_errors(source: str | None, errors: Sequence[tuple[str, str]]) -> str
     lines = [f"{where}: {len(errors)} problem{'s' if len(errors) > 1 else ''}"]
     lines += [f"  - {key}: {msg}" for key, msg in errors]
     return "\n".join(lines)
+
+
+__all__ = ["BACKENDS", "SECTIONS", "Arguments", "load_arguments", "parse_command_line"]
