@@ -13,7 +13,7 @@ demo: $(BIN)/python
 	$(BIN)/python -c "import fedml; fedml.run_simulation()"
 
 lint: $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,mpi]"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

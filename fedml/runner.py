@@ -94,4 +94,18 @@ def _sp_simulator(*args: Any, **kwargs: Any) -> Runner:
     return SPSimulator(*args, **kwargs)
 
 
+def _mpi_simulator(*args: Any, **kwargs: Any) -> Runner:
+    from fedml.simulation.mpi import MPISimulator
+
+    return MPISimulator(*args, **kwargs)
+
+
+def _nccl_simulator(*args: Any, **kwargs: Any) -> Runner:
+    from fedml.simulation.nccl import NCCLSimulator
+
+    return NCCLSimulator(*args, **kwargs)
+
+
 register_runner("simulation", "sp", _sp_simulator)
+register_runner("simulation", "MPI", _mpi_simulator)
+register_runner("simulation", "NCCL", _nccl_simulator)

@@ -85,7 +85,7 @@ class FederatedRound:
             If no usable update is left.
 
         """
-        usable = [u for u in updates if self._usable(round_idx, u)]
+        usable = usable_updates(round_idx, updates, self.log)
         if not usable:
             raise AggregationError(
                 f"round {round_idx + 1}: none of the {len(updates)} client updates is usable (non-finite "
@@ -106,18 +106,23 @@ class FederatedRound:
         last = round_idx == self.args.comm_round - 1
         return last or (round_idx + 1) % self.args.frequency_of_the_test == 0
 
-    def _usable(self, round_idx: int, update: Update) -> bool:
+
+def usable_updates(round_idx: int, updates: list[Update], log: Any) -> list[Update]:
+    """Return the updates with a positive weight and only finite values; log each one dropped, by client."""
+    usable = []
+    for update in updates:
         finite = is_finite_state(update.state)
         if update.weight > 0 and finite:
-            return True
-        self.log.warning(
+            usable.append(update)
+            continue
+        log.warning(
             "Round %d: dropped the update of client %d (weight %s, non-finite values: %s)",
             round_idx + 1,
             update.client_idx,
             update.weight,
             not finite,
         )
-        return False
+    return usable
 
 
 def _train_loss(updates: list[Update]) -> float:

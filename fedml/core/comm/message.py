@@ -1,0 +1,64 @@
+"""``Message``: the one unit of communication between fedml processes, and the enum of its kinds."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+PROTOCOL_VERSION = 1
+"""Version of the wire format; a receiver rejects messages of any other version."""
+
+
+class MessageKind(enum.IntEnum):
+    """What a message asks for or carries."""
+
+    INIT = 1
+    """A worker announces itself to the server (metadata: what it can train)."""
+    SYNC_MODEL = 2
+    """The server sends the global state and the clients to train this round."""
+    CLIENT_UPDATE = 3
+    """A worker returns the updates of the clients it trained."""
+    FINISH = 4
+    """The server ends the run (metadata: the final metrics)."""
+    ERROR = 5
+    """A process failed; metadata ``error`` says why."""
+
+
+@dataclass
+class Message:
+    """One message: its kind, who sends it to whom, for which round, small metadata and named tensors.
+
+    Attributes
+    ----------
+    kind
+        The message kind.
+    sender, receiver
+        Ranks (or peer ids) of the two ends.
+    round_idx
+        The 0-based round it belongs to; ``-1`` outside rounds.
+    metadata
+        JSON-able data (numbers, strings, lists, dicts); kept small, tensors go in ``tensors``.
+    tensors
+        Named tensors, sent as raw bytes with their dtype and shape.
+    version
+        Protocol version; set by the sender.
+
+    """
+
+    kind: MessageKind
+    sender: int
+    receiver: int
+    round_idx: int = -1
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
+
+    def describe(self) -> str:
+        """Return a short human-readable summary (for log lines)."""
+        return (
+            f"{self.kind.name} from {self.sender} to {self.receiver} "
+            f"(round {self.round_idx}, {len(self.tensors)} tensors)"
+        )

@@ -1,0 +1,86 @@
+"""MPI simulation: rank 0 runs the server round, ranks 1..N-1 train their share of the sampled clients.
+
+This is ``RoundServer``/``RoundWorker`` over the MPI transport; nothing of the round is specific to MPI.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from fedml.core.algorithms import create_algorithm
+from fedml.core.comm import create_transport
+from fedml.core.remote_round import RoundServer, RoundWorker
+from fedml.core.round import FederatedRound
+from fedml.errors import ConfigError, TransportError
+from fedml.ml import ClientTrainer, ServerAggregator
+from fedml.tracking import RunResult, role_logger
+
+if TYPE_CHECKING:
+    from fedml.data import FederatedDataset
+
+
+class MPISimulator:
+    """Runs the simulation across the ranks of ``MPI.COMM_WORLD`` (launch with ``mpirun -np N``, N >= 2).
+
+    Every rank returns the same ``RunResult`` (metrics, history, run directory and final state); only
+    rank 0 writes the run directory and prints the server's lines. A transport failure (a worker that
+    died or hangs past ``comm_args.timeout``) is logged on the rank that sees it and aborts the whole MPI
+    job, so no rank is left waiting.
+
+    Parameters
+    ----------
+    args, device, dataset, model, client_trainer, server_aggregator
+        As for ``SPSimulator``.
+
+    """
+
+    def __init__(
+        self,
+        args: Any,
+        device: torch.device,
+        dataset: FederatedDataset,
+        model: nn.Module,
+        client_trainer: ClientTrainer | None = None,
+        server_aggregator: ServerAggregator | None = None,
+    ) -> None:
+        self.args = args
+        self.device = device
+        self.dataset = dataset
+        model.to(device)
+        self.trainer = client_trainer or ClientTrainer(model, args)
+        self.aggregator = server_aggregator or ServerAggregator(model, args)
+        self.algorithm = create_algorithm(args)
+
+    def run(self) -> RunResult:
+        """Run the simulation on this rank and return the run's result."""
+        args = self.args
+        transport = create_transport("MPI", timeout=args.timeout, max_bytes=args.max_message_mb << 20)
+        if transport.world_size < 2:
+            raise ConfigError(
+                "comm_args.backend MPI needs at least 2 processes (rank 0 is the server, the others train); "
+                "launch with: mpirun -np 4 python your_script.py --cf your_config.yaml"
+            )
+        role, rank = ("Server", 0) if transport.rank == 0 else ("Client", transport.rank)
+        try:
+            if transport.rank == 0:
+                rounds = FederatedRound(
+                    args, self.device, self.dataset, self.algorithm, self.trainer, self.aggregator
+                )
+                return RoundServer(rounds, transport, range(1, transport.world_size), args.timeout).run()
+            return RoundWorker(
+                transport,
+                self.dataset,
+                self.algorithm,
+                args,
+                self.device,
+                self.trainer,
+                self.aggregator,
+                args.timeout,
+            ).run()
+        except TransportError as exc:
+            role_logger(role, rank).error("Aborting the MPI job: %s", exc)
+            transport.abort(1)
+            raise

@@ -1,0 +1,119 @@
+import re
+
+import pytest
+import torch
+
+import fedml
+
+from ..conftest import ROOT
+from .launchers import BIN, SETTINGS, final_model_and_accuracy, launch, launcher, max_abs_diff
+
+MPI_EXAMPLE = str(ROOT / "examples" / "simulation_mpi_fedavg_mnist_lr.py")
+MPI_CONFIG = str(ROOT / "configs" / "simulation_mpi_fedavg_mnist_lr.yaml")
+
+
+@pytest.fixture(scope="package")
+def sp_reference(tmp_path_factory):
+    """The in-process sp run that every launched backend must reproduce."""
+    runs = tmp_path_factory.mktemp("sp-reference")
+    overrides = dict(item.split("=") for item in SETTINGS)
+    args = fedml.init([*(f"{k}={v}" for k, v in overrides.items())], config_file=MPI_CONFIG)
+    args.backend = "sp"
+    args.run_dir = str(runs)
+    args.data_cache_dir = str(runs / "cache")
+    dataset, output_dim = fedml.data.load(args)
+    return fedml.FedMLRunner(args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim)).run()
+
+
+def mpirun(np, script, tmp_path, *extra, flags=()):
+    command = [launcher("mpirun"), *flags, "-np", str(np), str(BIN / "python"), script]
+    config = ["--cf", MPI_CONFIG, *SETTINGS, f"run_dir={tmp_path / 'runs'}", f"data_cache_dir={tmp_path}"]
+    return launch([*command, *config, *extra], tmp_path)
+
+
+def test_mpi_example_with_three_ranks_matches_sp(tmp_path, sp_reference):
+    done, _ = mpirun(3, MPI_EXAMPLE, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state, accuracy = final_model_and_accuracy(tmp_path / "runs")
+    assert max_abs_diff(state, sp_reference.model_state) < 1e-5
+    assert accuracy == sp_reference.final_metrics["test_accuracy"]
+    lines = done.stdout.splitlines()
+    assert lines.count("[FedML-Server(0)]: Dataset: mnist, Clients: 10, Rounds: 5, Algorithm: FedAvg") == 1
+    assert (
+        sum(
+            bool(re.fullmatch(r"\[FedML-Server\(0\)\]: Final Accuracy after Round 5: \d+\.\d%\.", x))
+            for x in lines
+        )
+        == 1
+    )
+    assert any(x.startswith("[FedML-Client(1)]: ") for x in lines)
+    assert any(x.startswith("[FedML-Client(2)]: ") for x in lines)
+
+
+def test_mpi_with_one_rank_is_a_clear_error(tmp_path):
+    done, _ = mpirun(1, MPI_EXAMPLE, tmp_path)
+    assert done.returncode != 0
+    assert "comm_args.backend MPI needs at least 2 processes" in done.stderr
+
+
+CRASHING_SCRIPT = """
+import os
+
+import fedml
+
+
+class DyingTrainer(fedml.ClientTrainer):
+    def train(self, train_data, device, args):
+        if self.round_idx == 1 and int(os.environ["PMI_RANK"]) == 2:
+            os._exit(3)
+        return super().train(train_data, device, args)
+
+
+args = fedml.init()
+dataset, output_dim = fedml.data.load(args)
+model = fedml.model.create(args, output_dim)
+trainer = DyingTrainer(model, args)
+fedml.FedMLRunner(args, fedml.device.get_device(args), dataset, model, client_trainer=trainer).run()
+"""
+
+
+def test_a_dead_worker_ends_the_job_with_a_clear_error_on_rank_0(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHING_SCRIPT)
+    # MPICH's default would kill every rank as soon as one dies; without that, rank 0 must notice itself.
+    done, seconds = mpirun(3, str(script), tmp_path, "timeout=3", flags=["-disable-auto-cleanup"])
+    assert done.returncode != 0
+    assert (
+        "[FedML-Server(0)]: Aborting the MPI job: round 2: no CLIENT_UPDATE from worker rank(s) [2] "
+        "within 3.0 s (comm_args.timeout)" in done.stdout
+    )
+    assert seconds < 60
+
+
+def test_seed_mpi_backend_snippet_prints_its_line_on_every_rank(tmp_path):
+    snippet = (
+        "from fedml.core import mpi_backend\n"
+        "backend = mpi_backend.MPIBackend()\n"
+        "backend.initialize()\n"
+        'print("MPI Backend Initialized Successfully!")\n'
+        "print(f'rank {backend.rank} of {backend.size}')\n"
+    )
+    done, _ = launch([launcher("mpirun"), "-np", "2", str(BIN / "python"), "-c", snippet], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("MPI Backend Initialized Successfully!") == 2
+    assert {"rank 0 of 2", "rank 1 of 2"} <= set(done.stdout.splitlines())
+
+
+def test_stateful_algorithm_with_a_defense_matches_sp_under_mpi(tmp_path):
+    extra = ["federated_optimizer=SCAFFOLD", "enable_defense=true", "defense_type=median"]
+    args = fedml.init([*SETTINGS, *extra, f"run_dir={tmp_path / 'sp'}"], config_file=MPI_CONFIG)
+    args.backend = "sp"
+    dataset, output_dim = fedml.data.load(args)
+    reference = fedml.FedMLRunner(
+        args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim)
+    ).run()
+    done, _ = mpirun(3, MPI_EXAMPLE, tmp_path, *extra)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state, accuracy = final_model_and_accuracy(tmp_path / "runs")
+    assert max_abs_diff(state, reference.model_state) < 1e-5
+    assert accuracy == reference.final_metrics["test_accuracy"]
