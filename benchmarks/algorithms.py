@@ -45,6 +45,8 @@ OPTIMIZERS = {
         "server_momentum": 0.9,
     },
     "FedNova": {"federated_optimizer": "FedNova"},
+    "SCAFFOLD": {"federated_optimizer": "SCAFFOLD"},
+    "FedDyn (alpha 0.01)": {"federated_optimizer": "FedDyn", "feddyn_alpha": 0.01},
 }
 
 

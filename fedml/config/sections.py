@@ -60,6 +60,7 @@ class TrainArgs(_Section):
     server_lr: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1)
     server_epsilon: float = Field(1e-3, gt=0)
+    feddyn_alpha: float = Field(0.01, gt=0)
 
 
 class ValidationArgs(_Section):

@@ -6,6 +6,7 @@ the whole run. Attacks exist for simulation only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -129,6 +130,7 @@ class AttackedAlgorithm:
     def __init__(self, inner: Algorithm, args: Any) -> None:
         self.inner = inner
         self.name = inner.name
+        self.accepts_presummed_updates = inner.accepts_presummed_updates
         self.args = args
         self.attack_type = args.attack_type
         if self.attack_type == "label_flipping":
@@ -143,6 +145,10 @@ class AttackedAlgorithm:
             sorted(self.attackers),
         )
 
+    def client_payload(self, client_idx: int) -> dict[str, torch.Tensor]:
+        """Return the inner algorithm's payload."""
+        return self.inner.client_payload(client_idx)
+
     def local_objective(self) -> LocalObjective | None:
         """Return ``None``: attackers do more than a local objective, so clients train one at a time."""
         return None
@@ -155,9 +161,8 @@ class AttackedAlgorithm:
             return self.inner.client_update(global_state, client, ctx)
         args = self.args
         if self.attack_type == "label_flipping":
-            client = Client(
-                client.idx, _poisoned(client.train_data, args.original_class_list, args.target_class_list)
-            )
+            poisoned = _poisoned(client.train_data, args.original_class_list, args.target_class_list)
+            client = dataclasses.replace(client, train_data=poisoned)
         update = self.inner.client_update(global_state, client, ctx)
         if self.attack_type == "byzantine":
             generator = client_generator(args.random_seed ^ _ATTACKER_STREAM, ctx.round_idx, client.idx)

@@ -88,6 +88,8 @@ class SPSimulator:
             data = [(c, self.dataset.local_train(c)) for c in clients]
             return self.vectorized.train_round(round_idx, global_state, data)
         return [
-            self.algorithm.client_update(global_state, Client(c, self.dataset.local_train(c)), ctx)
+            self.algorithm.client_update(
+                global_state, Client(c, self.dataset.local_train(c), self.algorithm.client_payload(c)), ctx
+            )
             for c in clients
         ]

@@ -4,10 +4,11 @@ import torch
 
 import fedml
 import fedml.core.algorithms
+import fedml.core.sampling
 
 
 def run(make_args, **overrides):
-    args = make_args(comm_round=3, client_num_per_round=5, engine="sequential", **overrides)
+    args = make_args(**{"comm_round": 3, "client_num_per_round": 5, "engine": "sequential", **overrides})
     dataset, output_dim = fedml.data.load(args)
     model = fedml.model.create(args, output_dim)
     return fedml.FedMLRunner(args, torch.device("cpu"), dataset, model).run()
@@ -59,3 +60,45 @@ def test_fednova_reweights_unequal_clients(make_args):
     fednova = run(make_args, partition_alpha=0.1, federated_optimizer="FedNova")
     assert max_diff(fedavg, fednova.model_state) > 1e-4
     assert fednova.final_metrics["test_accuracy"] > 0.3
+
+
+def test_scaffold_first_round_is_fedavgs_first_round(make_args):
+    fedavg = run(make_args, comm_round=1).model_state
+    scaffold = run(make_args, comm_round=1, federated_optimizer="SCAFFOLD").model_state
+    assert all(torch.equal(fedavg[k], scaffold[k]) for k in fedavg)
+
+
+def test_scaffold_keeps_control_variates_only_for_participants(make_args):
+    args = make_args(
+        comm_round=3, client_num_per_round=3, federated_optimizer="SCAFFOLD", engine="sequential"
+    )
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    runner = fedml.FedMLRunner(args, torch.device("cpu"), dataset, model)
+    result = runner.run()
+    algorithm = runner.runner.algorithm
+    participants = {c for r in range(3) for c in fedml.core.sampling.sample_clients(0, r, 10, 3)}
+    assert set(algorithm.client_controls) == participants
+    assert float(algorithm.server_control["linear.weight"].abs().sum()) > 0
+    fedavg = run(make_args, comm_round=3, client_num_per_round=3).model_state
+    assert max_diff(fedavg, result.model_state) > 1e-4
+    assert result.final_metrics["test_accuracy"] > 0.5
+
+
+def test_feddyn_trains_and_tracks_gradient_states(make_args):
+    args = make_args(comm_round=3, client_num_per_round=5, federated_optimizer="FedDyn", feddyn_alpha=0.01)
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    runner = fedml.FedMLRunner(args, torch.device("cpu"), dataset, model)
+    result = runner.run()
+    algorithm = runner.runner.algorithm
+    assert 0 < len(algorithm.client_states) <= 10
+    assert result.final_metrics["test_accuracy"] > 0.5
+    fedavg = run(make_args, comm_round=3, client_num_per_round=5).model_state
+    assert max_diff(fedavg, result.model_state) > 1e-4
+
+
+def test_stateful_algorithms_fall_back_to_sequential_training(make_args, caplog):
+    caplog.set_level("INFO", logger="fedml")
+    run(make_args, comm_round=1, federated_optimizer="SCAFFOLD", engine="vectorized")
+    assert "sequential" in caplog.text

@@ -15,9 +15,11 @@ from fedml.core.algorithms.base import (
     train_locally,
 )
 from fedml.core.algorithms.fedavg import FedAvg
+from fedml.core.algorithms.feddyn import FedDyn
 from fedml.core.algorithms.fednova import FedNova
 from fedml.core.algorithms.fedopt import FedOpt
 from fedml.core.algorithms.fedprox import FedProx
+from fedml.core.algorithms.scaffold import Scaffold
 from fedml.errors import ConfigError
 
 AlgorithmFactory = Callable[[Any], Algorithm]
@@ -63,18 +65,22 @@ register_algorithm("FedAvg", FedAvg)
 register_algorithm("FedProx", FedProx)
 register_algorithm("FedOpt", FedOpt)
 register_algorithm("FedNova", FedNova)
+register_algorithm("SCAFFOLD", Scaffold)
+register_algorithm("FedDyn", FedDyn)
 
 __all__ = [
     "Algorithm",
     "AlgorithmFactory",
     "Client",
     "FedAvg",
+    "FedDyn",
     "FedNova",
     "FedOpt",
     "FedProx",
     "LocalObjective",
     "Penalty",
     "RoundContext",
+    "Scaffold",
     "Update",
     "algorithm_names",
     "create_algorithm",

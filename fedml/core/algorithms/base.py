@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,10 +39,15 @@ class LocalObjective:
 
 @dataclass(frozen=True)
 class Client:
-    """One participant of a round: its index and its local training data."""
+    """One participant of a round: its index, its local training data and what the server sent it.
+
+    ``payload`` holds the per-client tensors of stateful algorithms (SCAFFOLD's control variates,
+    FedDyn's gradient state) that travel with the global state; empty for the others.
+    """
 
     idx: int
     train_data: ClientData
+    payload: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +58,8 @@ class Update:
     weight: float
     state: dict[str, torch.Tensor]
     metrics: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-client tensors for the server rule beyond the state (e.g. a control-variate change)."""
 
 
 @dataclass
@@ -69,6 +77,9 @@ class Algorithm(Protocol):
     """A federated optimizer. Stateful algorithms keep their state on the object."""
 
     name: str
+    accepts_presummed_updates: bool
+    """True when the server rule depends on a round's updates only through their sample-weighted mean,
+    so a backend may sum them before they reach the server (NCCL's all-reduce)."""
 
     def client_update(
         self, global_state: dict[str, torch.Tensor], client: Client, ctx: RoundContext
@@ -80,6 +91,10 @@ class Algorithm(Protocol):
         self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         """Combine the round's updates into the next global state."""
+        ...
+
+    def client_payload(self, client_idx: int) -> dict[str, torch.Tensor]:
+        """Return what the server sends client ``client_idx`` besides the global state (often nothing)."""
         ...
 
     def local_objective(self) -> LocalObjective | None:
@@ -105,3 +120,10 @@ def train_locally(
     finally:
         trainer.set_penalty(None, None)
     return Update(client.idx, float(len(client.train_data)), trainer.get_model_params(), dict(metrics))
+
+
+def local_steps(update: Update, args: Any) -> int:
+    """Return the local steps behind ``update``: its ``num_steps`` metric, else ``epochs * ceil(n / B)``."""
+    if "num_steps" in update.metrics:
+        return max(int(update.metrics["num_steps"]), 1)
+    return int(args.epochs * max(math.ceil(update.weight / args.batch_size), 1))

@@ -13,9 +13,14 @@ class FedAvg:
     """Federated averaging. Stateless; the trainer and aggregator do the numerical work."""
 
     name = "FedAvg"
+    accepts_presummed_updates = True
 
     def __init__(self, args: Any = None) -> None:
         self.args = args
+
+    def client_payload(self, client_idx: int) -> dict[str, torch.Tensor]:
+        """Return nothing: FedAvg clients need only the global state."""
+        return {}
 
     def local_objective(self) -> LocalObjective:
         """Plain local training: the loss without a penalty."""

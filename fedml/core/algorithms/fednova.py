@@ -5,13 +5,10 @@ Clients that run more steps would otherwise drag the global model toward their o
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 
 from fedml.core.aggregation import weighted_mean
-from fedml.core.algorithms.base import RoundContext, Update
+from fedml.core.algorithms.base import RoundContext, Update, local_steps
 from fedml.core.algorithms.fedavg import FedAvg
 
 
@@ -23,13 +20,14 @@ class FedNova(FedAvg):
     """
 
     name = "FedNova"
+    accepts_presummed_updates = False
 
     def server_update(
         self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         """Return ``x - tau_eff * sum_i p_i (x - y_i) / tau_i`` with ``p_i`` the sample share."""
         total = sum(u.weight for u in updates)
-        steps = [_local_steps(u, ctx.args) for u in updates]
+        steps = [local_steps(u, ctx.args) for u in updates]
         tau_eff = sum(u.weight / total * tau for u, tau in zip(updates, steps, strict=True))
         integer_keys = [k for k, t in global_state.items() if not t.dtype.is_floating_point]
         new_state = (
@@ -45,9 +43,3 @@ class FedNova(FedAvg):
                 direction.add_(current - update.state[name], alpha=update.weight / total / tau)
             new_state[name] = current - tau_eff * direction
         return new_state
-
-
-def _local_steps(update: Update, args: Any) -> float:
-    if "num_steps" in update.metrics:
-        return max(float(update.metrics["num_steps"]), 1.0)
-    return float(args.epochs * max(math.ceil(update.weight / args.batch_size), 1))
