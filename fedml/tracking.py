@@ -140,9 +140,10 @@ class RunTracker:
         self.log.info("Run directory: %s", self.run_dir)
         return RunResult(dict(final), list(self.history), self.run_dir, model_state)
 
-    def close(self) -> None:
-        """Close the metrics file without finishing (used when a run fails)."""
+    def fail(self, error: BaseException) -> None:
+        """Record why the run stopped in ``error.txt``; the metrics so far stay in ``metrics.jsonl``."""
         self._metrics.close()
+        (self.run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n", encoding="utf-8")
 
 
 def _new_run_dir(parent: Path, name: str) -> Path:

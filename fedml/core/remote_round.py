@@ -170,7 +170,7 @@ class RoundServer:
                 updates = self.run_round(round_idx, state)
                 state = rounds.finish(round_idx, state, updates)
         except BaseException as exc:
-            rounds.tracker.close()
+            rounds.tracker.fail(exc)
             self.log.error("Run failed: %s: %s", type(exc).__name__, exc)
             self._stop({"error": f"{type(exc).__name__}: {exc}"}, {})
             raise

@@ -114,8 +114,21 @@ class ClientData:
                 yield xs[start : start + size], ys[start : start + size]
 
 
+class FedMLTuple:
+    """Lets a dataset be unpacked as FedML's 8-tuple, for code written against the original FedML.
+
+    ``train_data_num, test_data_num, train_data_global, test_data_global, train_data_local_num_dict,
+    train_data_local_dict, test_data_local_dict, class_num = dataset``
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        fields = ("train_data_num", "test_data_num", "train_global", "test_global")
+        fields += ("train_data_local_num_dict", "train_data_local_dict", "test_data_local_dict", "output_dim")
+        return iter(getattr(self, name) for name in fields)
+
+
 @dataclass(eq=False)
-class FederatedDataset:
+class FederatedDataset(FedMLTuple):
     """Global train/test tensors and, per client, index views of local train/test data.
 
     Unpacks into FedML's 8 values: ``train_data_num, test_data_num, train_data_global,
@@ -239,20 +252,6 @@ class FederatedDataset:
             client_test_indices=list(client_test_indices),
             output_dim=output_dim,
             batch_size=batch_size,
-        )
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(
-            (
-                self.train_data_num,
-                self.test_data_num,
-                self.train_global,
-                self.test_global,
-                self.train_data_local_num_dict,
-                self.train_data_local_dict,
-                self.test_data_local_dict,
-                self.output_dim,
-            )
         )
 
     def __repr__(self) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedml.data.dataset import ClientData
+from fedml.data.dataset import ClientData, FedMLTuple
 from fedml.errors import DataError
 
 INPUT_SHAPE = (60,)
@@ -24,7 +24,7 @@ _STREAM = 0x5E7_7E71C
 _SIZE_MEAN, _SIZE_SIGMA, _SIZE_MIN = 4.0, 2.0, 50
 
 
-class SyntheticDataset:
+class SyntheticDataset(FedMLTuple):
     """FedProx's synthetic data: per-client logistic models and feature distributions from priors.
 
     For client ``k``: ``u_k ~ N(0, alpha)``, ``W_k, b_k ~ N(u_k, 1)``; ``B_k ~ N(0, beta)``,
@@ -91,20 +91,6 @@ class SyntheticDataset:
 
     def __repr__(self) -> str:
         return f"SyntheticDataset(alpha={self.alpha}, beta={self.beta}, clients={self.client_num})"
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(
-            (
-                self.train_data_num,
-                self.test_data_num,
-                self.train_global,
-                self.test_global,
-                self.train_data_local_num_dict,
-                self.train_data_local_dict,
-                self.test_data_local_dict,
-                self.output_dim,
-            )
-        )
 
     @property
     def client_num(self) -> int:

@@ -5,24 +5,15 @@ This is ``RoundServer``/``RoundWorker`` over the MPI transport; nothing of the r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import torch
-from torch import nn
-
-from fedml.core.algorithms import create_algorithm
 from fedml.core.comm import create_transport
 from fedml.core.remote_round import RoundServer, RoundWorker
 from fedml.core.round import FederatedRound
 from fedml.errors import ConfigError, TransportError
-from fedml.ml import ClientTrainer, ServerAggregator
+from fedml.simulation.base import Simulator
 from fedml.tracking import RunResult, role_logger
 
-if TYPE_CHECKING:
-    from fedml.data import FederatedDataset
 
-
-class MPISimulator:
+class MPISimulator(Simulator):
     """Runs the simulation across the ranks of ``MPI.COMM_WORLD`` (launch with ``mpirun -np N``, N >= 2).
 
     Every rank returns the same ``RunResult`` (metrics, history, run directory and final state); only
@@ -36,23 +27,6 @@ class MPISimulator:
         As for ``SPSimulator``.
 
     """
-
-    def __init__(
-        self,
-        args: Any,
-        device: torch.device,
-        dataset: FederatedDataset,
-        model: nn.Module,
-        client_trainer: ClientTrainer | None = None,
-        server_aggregator: ServerAggregator | None = None,
-    ) -> None:
-        self.args = args
-        self.device = device
-        self.dataset = dataset
-        model.to(device)
-        self.trainer = client_trainer or ClientTrainer(model, args)
-        self.aggregator = server_aggregator or ServerAggregator(model, args)
-        self.algorithm = create_algorithm(args)
 
     def run(self) -> RunResult:
         """Run the simulation on this rank and return the run's result."""

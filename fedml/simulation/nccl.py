@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedml.core.algorithms import Client, RoundContext, Update, create_algorithm
+from fedml.core.algorithms import Client, RoundContext, Update
 from fedml.core.comm import Message, MessageKind, decode, encode
 from fedml.core.remote_round import assign_clients
 from fedml.core.round import FederatedRound, usable_updates
 from fedml.core.sampling import sample_clients
 from fedml.errors import AggregationError, NotSupportedError
 from fedml.ml import ClientTrainer, ServerAggregator
+from fedml.simulation.base import Simulator
 from fedml.simulation.launch import LaunchInfo, detect_launch
 from fedml.tracking import RunResult, progress, role_logger
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from fedml.data import FederatedDataset
 
 
-class NCCLSimulator:
+class NCCLSimulator(Simulator):
     """Runs the simulation on every rank of a torch.distributed job.
 
     Each round, every rank trains its share of the sampled clients (balanced by sample count), sums their
@@ -55,16 +56,10 @@ class NCCLSimulator:
         client_trainer: ClientTrainer | None = None,
         server_aggregator: ServerAggregator | None = None,
     ) -> None:
-        self.args = args
         self.launch = detect_launch()
-        self.device = device
         if device.type == "cuda":
-            self.device = torch.device(f"cuda:{self.launch.local_rank % torch.cuda.device_count()}")
-        self.dataset = dataset
-        model.to(self.device)
-        self.trainer = client_trainer or ClientTrainer(model, args)
-        self.aggregator = server_aggregator or ServerAggregator(model, args)
-        self.algorithm = create_algorithm(args)
+            device = torch.device(f"cuda:{self.launch.local_rank % torch.cuda.device_count()}")
+        super().__init__(args, device, dataset, model, client_trainer, server_aggregator)
         if not self.algorithm.accepts_presummed_updates or args.enable_defense:
             raise NotSupportedError(
                 f"comm_args.backend NCCL sums client updates in one all-reduce, which {self.algorithm.name}"
@@ -120,16 +115,18 @@ class NCCLSimulator:
                 share = assign_clients(clients, counts, list(range(world_size)))[rank]
                 ctx = RoundContext(round_idx, args, self.device, self.trainer, self.aggregator)
                 updates = [
-                    self.algorithm.client_update(state, Client(c, self.dataset.local_train(c)), ctx)
+                    self.algorithm.client_update(
+                        state, Client(c, self.dataset.local_train(c), self.algorithm.client_payload(c)), ctx
+                    )
                     for c in share
                 ]
                 mean = self._all_reduce_mean(round_idx, state, usable_updates(round_idx, updates, log))
                 if rounds is not None:
                     state = rounds.finish(round_idx, state, [mean])
                 state = self._broadcast_state(state)
-        except BaseException:
+        except BaseException as exc:
             if rounds is not None:
-                rounds.tracker.close()
+                rounds.tracker.fail(exc)
             raise
         return self._share_result(rounds.result() if rounds is not None else None, state)
 

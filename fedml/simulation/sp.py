@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedml.core.algorithms import Client, RoundContext, Update, create_algorithm
+from fedml.core.algorithms import Client, RoundContext, Update
 from fedml.core.round import FederatedRound
 from fedml.ml import ClientTrainer, ServerAggregator
+from fedml.simulation.base import Simulator
 from fedml.simulation.engine import choose_engine
 from fedml.tracking import RunResult, progress
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from fedml.data import FederatedDataset
 
 
-class SPSimulator:
+class SPSimulator(Simulator):
     """Runs ``comm_round`` rounds of ``train_args.federated_optimizer`` in this process.
 
     ``train_args.engine`` chooses how the sampled clients of a round are trained: one after the other
@@ -48,15 +49,9 @@ class SPSimulator:
         client_trainer: ClientTrainer | None = None,
         server_aggregator: ServerAggregator | None = None,
     ) -> None:
-        self.args = args
-        self.device = device
-        self.dataset = dataset
-        model.to(device)
-        self.trainer = client_trainer or ClientTrainer(model, args)
-        self.aggregator = server_aggregator or ServerAggregator(model, args)
-        self.algorithm = create_algorithm(args)
+        super().__init__(args, device, dataset, model, client_trainer, server_aggregator)
         self.engine, objective = choose_engine(
-            args, device, model, self.algorithm, dataset, custom_trainer=client_trainer is not None
+            args, device, model, self.algorithm, dataset, custom_trainer=self.custom_trainer
         )
         self.vectorized = None
         if objective is not None:
@@ -76,8 +71,8 @@ class SPSimulator:
                     round_idx, global_state, rounds.clients(round_idx), rounds.context(round_idx)
                 )
                 global_state = rounds.finish(round_idx, global_state, updates)
-        except BaseException:
-            rounds.tracker.close()
+        except BaseException as exc:
+            rounds.tracker.fail(exc)
             raise
         return rounds.result()
 

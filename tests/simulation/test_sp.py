@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,6 +150,8 @@ def test_all_updates_unusable_is_a_clear_error(make_args):
     trainer = PoisonTrainer(model, args, set(range(10)))
     with pytest.raises(AggregationError, match="round 1: none of the 10 client updates is usable"):
         fedml.FedMLRunner(args, torch.device("cpu"), dataset, model, client_trainer=trainer).run()
+    (run_dir,) = list(Path(args.run_dir).iterdir())
+    assert (run_dir / "error.txt").read_text().startswith("AggregationError: round 1: none of the 10")
 
 
 def test_run_fedavg_returns_a_run_result(tmp_path):
