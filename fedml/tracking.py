@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,13 +43,13 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
 
 
-def progress(iterable: Iterable[_T], total: int, desc: str) -> Iterator[_T]:
-    """Wrap ``iterable`` in a tqdm progress bar on an interactive terminal; pass it through otherwise."""
+def progress(items: Sequence[_T], desc: str) -> Iterator[_T]:
+    """Wrap ``items`` in a tqdm progress bar on an interactive terminal; pass them through otherwise."""
     if not sys.stderr.isatty():
-        return iter(iterable)
+        return iter(items)
     from tqdm import tqdm
 
-    return iter(tqdm(iterable, total=total, desc=desc, leave=False))
+    return iter(tqdm(items, total=len(items), desc=desc, leave=False))
 
 
 @dataclass

@@ -115,6 +115,8 @@ class TrackingArgs(_Section):
     run_dir: str = "./runs"
     run_name: str | None = None
     save_model: bool = True
+    checkpoint_frequency: int = Field(0, ge=0)
+    resume_from: str | None = None
 
 
 SECTIONS: dict[str, type[_Section]] = {

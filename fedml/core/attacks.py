@@ -180,6 +180,15 @@ class AttackedAlgorithm:
         """Run the inner server rule."""
         return self.inner.server_update(global_state, updates, ctx)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the inner algorithm's state (empty for stateless algorithms), for checkpoints."""
+        inner = getattr(self.inner, "state_dict", None)
+        return inner() if inner is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the inner algorithm's state."""
+        self.inner.load_state_dict(state)
+
 
 def _poisoned(data: ClientData, original: Sequence[int], target: Sequence[int]) -> ClientData:
     x, y = data.tensors()

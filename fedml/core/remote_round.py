@@ -166,7 +166,7 @@ class RoundServer:
         try:
             state = rounds.start()
             self._greet()
-            for round_idx in progress(range(args.comm_round), args.comm_round, "rounds"):
+            for round_idx in progress(range(rounds.first_round, args.comm_round), "rounds"):
                 updates = self.run_round(round_idx, state)
                 state = rounds.finish(round_idx, state, updates)
         except BaseException as exc:

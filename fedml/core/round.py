@@ -12,6 +12,7 @@ import torch
 
 from fedml.core.aggregation import is_finite_state
 from fedml.core.algorithms import Algorithm, RoundContext, Update
+from fedml.core.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedml.core.sampling import sample_clients
 from fedml.errors import AggregationError
 from fedml.tracking import RunResult, RunTracker
@@ -56,11 +57,29 @@ class FederatedRound:
         self.aggregator = aggregator
         self.tracker = RunTracker(args)
         self.log = self.tracker.log
+        self.first_round = 0
 
     def start(self) -> dict[str, torch.Tensor]:
-        """Log the header line and return the initial global state."""
+        """Log the header line and return the initial global state (from ``resume_from`` if set).
+
+        After a resume, ``first_round`` is the index of the first round still to run.
+        """
         self.tracker.start(self.dataset.client_num)
+        if self.args.resume_from:
+            checkpoint = load_checkpoint(self.args.resume_from)
+            self.aggregator.set_model_params(checkpoint.model_state)
+            if checkpoint.algorithm_state:
+                self.algorithm.load_state_dict(checkpoint.algorithm_state)
+            self.first_round = checkpoint.rounds_done
+            self.log.info("Resumed from %s after round %d", self.args.resume_from, self.first_round)
         return self.aggregator.get_model_params()
+
+    def checkpoint(self, rounds_done: int) -> None:
+        """Save the global model and the algorithm's state in the run directory's ``checkpoint.pt``."""
+        state_dict = getattr(self.algorithm, "state_dict", None)
+        algorithm_state = state_dict() if state_dict is not None else {}
+        checkpoint = Checkpoint(rounds_done, self.aggregator.get_model_params(), algorithm_state)
+        save_checkpoint(self.tracker.run_dir / CHECKPOINT_FILE, checkpoint)
 
     def context(self, round_idx: int) -> RoundContext:
         """Return what the algorithm sees in round ``round_idx``."""
@@ -96,10 +115,15 @@ class FederatedRound:
         if self._evaluates(round_idx):
             test = self.aggregator.test(self.dataset.test_global, self.device, self.args)
             self.tracker.log_round(round_idx, test, _train_loss(usable))
+        frequency = self.args.checkpoint_frequency
+        if frequency and (round_idx + 1) % frequency == 0:
+            self.checkpoint(round_idx + 1)
         return new_state
 
     def result(self) -> RunResult:
-        """Finish tracking and return the run's result with the final global state."""
+        """Save the final checkpoint (with ``save_model``), finish tracking and return the run's result."""
+        if self.args.save_model:
+            self.checkpoint(self.args.comm_round)
         return self.tracker.finish(self.aggregator.get_model_params())
 
     def _evaluates(self, round_idx: int) -> bool:

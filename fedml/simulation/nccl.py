@@ -95,6 +95,8 @@ class NCCLSimulator(Simulator):
         )
 
     def _run(self, rank: int, world_size: int) -> RunResult:
+        import torch.distributed as dist
+
         args = self.args
         log = role_logger("Server" if rank == 0 else "Client", rank)
         rounds = None
@@ -106,9 +108,11 @@ class NCCLSimulator(Simulator):
         else:
             state = self.aggregator.get_model_params()
         state = self._broadcast_state(state)
+        first_round = torch.tensor([rounds.first_round if rounds is not None else 0], device=self.device)
+        dist.broadcast(first_round, src=0)
         counts = [self.dataset.local_sample_num(c) for c in range(self.dataset.client_num)]
         try:
-            for round_idx in progress(range(args.comm_round), args.comm_round, "rounds"):
+            for round_idx in progress(range(int(first_round), args.comm_round), "rounds"):
                 clients = sample_clients(
                     args.random_seed, round_idx, self.dataset.client_num, args.client_num_per_round
                 )

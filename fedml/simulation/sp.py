@@ -66,7 +66,7 @@ class SPSimulator(Simulator):
         )
         try:
             global_state = rounds.start()
-            for round_idx in progress(range(self.args.comm_round), self.args.comm_round, "rounds"):
+            for round_idx in progress(range(rounds.first_round, self.args.comm_round), "rounds"):
                 updates = self._train(
                     round_idx, global_state, rounds.clients(round_idx), rounds.context(round_idx)
                 )
