@@ -1,7 +1,8 @@
 """Simulation speed: a plain-PyTorch reference loop vs fedml's sequential and vectorized engines.
 
 Every measurement runs in its own subprocess, so the peak memory (max RSS) is per case. Wall time
-counts training and per-round evaluation, not importing or loading data. Run from the repository root::
+counts training and per-round evaluation, not importing or loading data; runs under 5 s are repeated
+and the fastest of `--repeat` (default 3) is reported. Run from the repository root::
 
     python benchmarks/simulation_speed.py            # the full table (several minutes on 2 cores)
     python benchmarks/simulation_speed.py --quick    # a short smoke run with fewer rounds
@@ -53,6 +54,8 @@ CASES = {
     },
 }
 QUICK_ROUNDS = {"a": 10, "b": 5, "c": 2, "d": 1}
+REPEAT_BELOW_S = 5.0
+"""Measurements shorter than this are repeated (``--repeat``) and the fastest is reported."""
 SCALE = {"dataset": "synthetic", "model": "lr", "client_num_in_total": 100_000, "client_num_per_round": 1000}
 
 
@@ -128,14 +131,29 @@ def worker(kind: str, settings: dict) -> None:
     print(json.dumps(out))
 
 
-def measure(kind: str, settings: dict) -> dict:
-    """Run ``worker(kind, settings)`` in a fresh interpreter and return its JSON line."""
+def measure(kind: str, settings: dict, repeat: int = 1) -> dict:
+    """Run ``worker(kind, settings)`` in fresh interpreters and return the JSON line of the fastest run.
+
+    Runs shorter than ``REPEAT_BELOW_S`` are repeated ``repeat`` times (best of N: the least disturbed
+    by whatever else the machine did); longer ones once.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, __file__, "--worker", kind, json.dumps(settings)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
-    if done.returncode != 0:
-        return {"seconds": math.nan, "accuracy": math.nan, "peak_mb": math.nan, "error": done.stderr[-500:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    best: dict | None = None
+    for _ in range(repeat):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+        if done.returncode != 0:
+            return {
+                "seconds": math.nan,
+                "accuracy": math.nan,
+                "peak_mb": math.nan,
+                "error": done.stderr[-500:],
+            }
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        best = row if best is None or row["seconds"] < best["seconds"] else best
+        if row["seconds"] > REPEAT_BELOW_S:
+            break
+    return best
 
 
 def whole_process() -> float:
@@ -153,6 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument("--cases", default="abcd", help="which cases to run, e.g. 'ab'")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N for runs under 5 s")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SETTINGS"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.worker:
@@ -163,9 +182,9 @@ def main() -> None:
         settings = dict(CASES[case])
         if opts.quick:
             settings["comm_round"] = QUICK_ROUNDS[case]
-        ref = measure("reference", settings)
+        ref = measure("reference", settings, opts.repeat)
         for kind in ("reference", "sequential", "vectorized"):
-            row = ref if kind == "reference" else measure(kind, settings)
+            row = ref if kind == "reference" else measure(kind, settings, opts.repeat)
             ratio = row["seconds"] / ref["seconds"]
             print(
                 f"{case:<5}{kind:<12}{row['seconds']:>8.2f}{row['peak_mb']:>9.0f}"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fedml.core.aggregation import is_finite_state
+from fedml.core.aggregation import finite_states
 from fedml.core.algorithms import Algorithm, RoundContext, Update
 from fedml.core.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedml.core.sampling import sample_clients
@@ -134,8 +134,7 @@ class FederatedRound:
 def usable_updates(round_idx: int, updates: list[Update], log: Any) -> list[Update]:
     """Return the updates with a positive weight and only finite values; log each one dropped, by client."""
     usable = []
-    for update in updates:
-        finite = is_finite_state(update.state)
+    for update, finite in zip(updates, finite_states([u.state for u in updates]), strict=True):
         if update.weight > 0 and finite:
             usable.append(update)
             continue

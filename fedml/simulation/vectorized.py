@@ -157,10 +157,12 @@ class VectorizedTrainer:
                 buffers = views
         seen = counts.sum(dim=1).double()
         train_loss = (loss_sum / seen).tolist()
+        frozen = [k for k in global_state if k not in stacked]
         updates = []
         for i, (client_idx, data) in enumerate(clients):
-            state = {k: v.detach().clone() for k, v in global_state.items()}
-            state.update({name: stacked[name][i].clone() for name in names})
+            # Rows of the stacked parameters are each client's own tensors: views, not copies.
+            state = {k: global_state[k].detach().clone() for k in frozen}
+            state.update({name: stacked[name][i] for name in names})
             metrics = {"train_loss": train_loss[i], "num_samples": len(data)}
             updates.append(Update(client_idx, float(len(data)), state, metrics))
         return updates
@@ -214,29 +216,39 @@ def _batches(
     Returns the pooled inputs and labels, ``rows[client, step, slot]`` (indices into the pool) and
     ``mask[client, step, slot]`` (1.0 where the slot holds a real sample).
     """
-    xs, ys, offsets = [], [], []
-    offset = 0
+    offsets, offset = [], 0
     for _, data in clients:
-        x, y = data.tensors()
-        xs.append(x)
-        ys.append(y)
         offsets.append(offset)
         offset += len(data)
+    first = clients[0][1]
+    if all(data.x is first.x and data.y is first.y for _, data in clients):
+        # Index views into the same tensors: one gather for the whole group.
+        pool = torch.cat([data.indices for _, data in clients])
+        pooled_x, pooled_y = first.x[pool], first.y[pool]
+    else:
+        parts = [data.tensors() for _, data in clients]
+        pooled_x, pooled_y = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
     max_steps = max(epochs * math.ceil(len(data) / batch) for _, data in clients)
-    rows = torch.zeros(len(clients), max_steps, batch, dtype=torch.int64)
-    mask = torch.zeros(len(clients), max_steps, batch)
+    # Each client draws its epochs' permutations in the order ClientData.batches does; sample j of
+    # epoch e then sits at step e * steps_per_epoch + j // batch, slot j % batch. One scatter lays out
+    # every (client, epoch) segment at once.
+    values, owners, epoch_of, lengths = [], [], [], []
     for i, ((client_idx, data), start) in enumerate(zip(clients, offsets, strict=True)):
-        n = len(data)
-        per_epoch = math.ceil(n / batch)
         generator = client_generator(seed, round_idx, client_idx)
         for epoch in range(epochs):
-            # The same draw, in the same order, as ClientData.batches(batch, generator) in one epoch.
-            perm = torch.randperm(n, generator=generator) + start
-            flat = torch.full((per_epoch * batch,), start, dtype=torch.int64)
-            flat[:n] = perm
-            valid = torch.zeros(per_epoch * batch)
-            valid[:n] = 1.0
-            steps = slice(epoch * per_epoch, (epoch + 1) * per_epoch)
-            rows[i, steps] = flat.view(per_epoch, batch)
-            mask[i, steps] = valid.view(per_epoch, batch)
-    return torch.cat(xs), torch.cat(ys), rows, mask
+            values.append(torch.randperm(len(data), generator=generator) + start)
+            owners.append(i)
+            epoch_of.append(epoch)
+            lengths.append(len(data))
+    sizes = torch.tensor(lengths)
+    segment_start = torch.cumsum(sizes, 0) - sizes
+    position = torch.arange(int(sizes.sum())) - torch.repeat_interleave(segment_start, sizes)
+    per_epoch = (sizes + batch - 1) // batch
+    owner = torch.repeat_interleave(torch.tensor(owners), sizes)
+    step = torch.repeat_interleave(torch.tensor(epoch_of) * per_epoch, sizes) + position // batch
+    slot = position % batch
+    rows = torch.zeros(len(clients), max_steps, batch, dtype=torch.int64)
+    mask = torch.zeros(len(clients), max_steps, batch)
+    rows[owner, step, slot] = torch.cat(values)
+    mask[owner, step, slot] = 1.0
+    return pooled_x, pooled_y, rows, mask

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedml.core.aggregation import is_finite_state, weighted_mean
+from fedml.core.aggregation import finite_states, is_finite_state, weighted_mean
 from fedml.errors import AggregationError
 
 weights = st.floats(min_value=0.1, max_value=1000, allow_nan=False)
@@ -92,3 +92,13 @@ def test_is_finite_state():
     assert is_finite_state({"w": torch.ones(2), "n": torch.tensor(1)})
     assert not is_finite_state({"w": torch.tensor([1.0, float("nan")])})
     assert not is_finite_state({"w": torch.tensor([float("inf")])})
+
+
+def test_finite_states_agrees_with_is_finite_state():
+    good = {"w": torch.ones(3), "n": torch.tensor(2)}
+    nan = {"w": torch.tensor([1.0, float("nan"), 0.0]), "n": torch.tensor(2)}
+    inf = {"w": torch.tensor([float("-inf"), 0.0, 0.0]), "n": torch.tensor(2)}
+    odd = {"w": torch.ones(4), "n": torch.tensor(2)}
+    assert finite_states([good, nan, good, inf]) == [True, False, True, False]
+    assert finite_states([good, odd, nan]) == [True, True, False]
+    assert finite_states([]) == []
