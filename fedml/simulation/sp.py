@@ -27,16 +27,8 @@ class SPSimulator(Simulator):
 
     Parameters
     ----------
-    args
-        The run's arguments.
-    device
-        Where training and evaluation run.
-    dataset
-        The federated dataset (``fedml.data.load``).
-    model
-        The model; trained in place for each client, so no per-client copy is made.
-    client_trainer, server_aggregator
-        Custom training and aggregation; default to ``ClientTrainer`` and ``ServerAggregator`` on ``model``.
+    args, device, dataset, model, client_trainer, server_aggregator
+        As for ``Simulator``.
 
     """
 
