@@ -98,10 +98,23 @@ class ClientData:
         size = self.batch_size if batch_size is None else batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise DataError(f"batch_size must be a positive integer, got {size!r}")
+        if generator is None and self._covers_all_in_order():
+            return self._iter_slices(size)
         order = self.indices
         if generator is not None:
             order = order[torch.randperm(order.numel(), generator=generator)]
         return self._iter_batches(order, size)
+
+    def _covers_all_in_order(self) -> bool:
+        # A view of every sample in order (a global test set) can be batched by slicing, without a gather.
+        if "_in_order" not in self.__dict__:
+            n = self.indices.numel()
+            self._in_order = n == len(self.x) and torch.equal(self.indices, torch.arange(n))
+        return self._in_order
+
+    def _iter_slices(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.x), size):
+            yield self.x[start : start + size], self.y[start : start + size]
 
     def _iter_batches(self, order: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # One gather per block of batches instead of one per batch: the batches are slices (views) of

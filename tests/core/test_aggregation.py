@@ -102,3 +102,8 @@ def test_finite_states_agrees_with_is_finite_state():
     assert finite_states([good, nan, good, inf]) == [True, False, True, False]
     assert finite_states([good, odd, nan]) == [True, True, False]
     assert finite_states([]) == []
+    empty = [
+        {"w": torch.ones(2), "e": torch.empty(0)},
+        {"w": torch.tensor([0.0, float("inf")]), "e": torch.empty(0)},
+    ]
+    assert finite_states(empty) == [True, False]
