@@ -1,10 +1,10 @@
 """Simulation speed: a plain-PyTorch reference loop vs fedml's sequential and vectorized engines.
 
 Every measurement runs in its own subprocess, so the peak memory (max RSS) is per case. Wall time
-counts training and per-round evaluation, not importing or loading data; runs under 5 s are repeated
+counts training and per-round evaluation, not importing or loading data; every measurement is repeated
 and the fastest of `--repeat` (default 3) is reported. Run from the repository root::
 
-    python benchmarks/simulation_speed.py            # the full table (several minutes on 2 cores)
+    python benchmarks/simulation_speed.py            # the full table (about 12 minutes on 2 cores)
     python benchmarks/simulation_speed.py --quick    # a short smoke run with fewer rounds
 """
 
@@ -54,8 +54,6 @@ CASES = {
     },
 }
 QUICK_ROUNDS = {"a": 10, "b": 5, "c": 2, "d": 1}
-REPEAT_BELOW_S = 5.0
-"""Measurements shorter than this are repeated (``--repeat``) and the fastest is reported."""
 SCALE = {"dataset": "synthetic", "model": "lr", "client_num_in_total": 100_000, "client_num_per_round": 1000}
 
 
@@ -132,10 +130,9 @@ def worker(kind: str, settings: dict) -> None:
 
 
 def measure(kind: str, settings: dict, repeat: int = 1) -> dict:
-    """Run ``worker(kind, settings)`` in fresh interpreters and return the JSON line of the fastest run.
+    """Run ``worker(kind, settings)`` ``repeat`` times in fresh interpreters; return the fastest run's line.
 
-    Runs shorter than ``REPEAT_BELOW_S`` are repeated ``repeat`` times (best of N: the least disturbed
-    by whatever else the machine did); longer ones once.
+    Best of N reports the run least disturbed by whatever else the machine did.
     """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, __file__, "--worker", kind, json.dumps(settings)]
@@ -151,8 +148,6 @@ def measure(kind: str, settings: dict, repeat: int = 1) -> dict:
             }
         row = json.loads(done.stdout.strip().splitlines()[-1])
         best = row if best is None or row["seconds"] < best["seconds"] else best
-        if row["seconds"] > REPEAT_BELOW_S:
-            break
     return best
 
 
@@ -171,7 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument("--cases", default="abcd", help="which cases to run, e.g. 'ab'")
-    parser.add_argument("--repeat", type=int, default=3, help="best of N for runs under 5 s")
+    parser.add_argument("--repeat", type=int, default=3, help="report the best of N runs of each")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SETTINGS"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.worker:
