@@ -119,3 +119,21 @@ def test_stateful_algorithm_with_a_defense_matches_sp_under_mpi(tmp_path):
     state, accuracy = final_model_and_accuracy(tmp_path / "runs")
     assert max_abs_diff(state, reference.model_state) < 1e-5
     assert accuracy == reference.final_metrics["test_accuracy"]
+
+
+def test_a_run_resumed_under_mpi_matches_the_uninterrupted_sp_run(tmp_path):
+    extra = ["federated_optimizer=SCAFFOLD"]
+    args = fedml.init([*SETTINGS, *extra, f"run_dir={tmp_path / 'sp'}"], config_file=MPI_CONFIG)
+    args.backend = "sp"
+    dataset, output_dim = fedml.data.load(args)
+    whole = fedml.FedMLRunner(args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim)).run()
+    first = tmp_path / "first"
+    first.mkdir()
+    done, _ = mpirun(3, MPI_EXAMPLE, first, *extra, "comm_round=3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    checkpoint = run_dir_of(first / "runs") / "checkpoint.pt"
+    done, _ = mpirun(3, MPI_EXAMPLE, tmp_path, *extra, f"resume_from={checkpoint}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Resumed from" in done.stdout
+    state, _ = final_model_and_accuracy(tmp_path / "runs")
+    assert max_abs_diff(state, whole.model_state) < 1e-5
