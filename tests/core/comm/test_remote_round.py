@@ -62,6 +62,17 @@ def test_assignments_carry_the_state_and_each_clients_payload():
         unpack_assignment(Message(MessageKind.SYNC_MODEL, 0, 1, 0, {"clients": "all"}, tensors))
 
 
+def server_rounds(args, dataset, model):
+    return FederatedRound(
+        args,
+        torch.device("cpu"),
+        dataset,
+        create_algorithm(args),
+        ClientTrainer(model, args),
+        ServerAggregator(model, args),
+    )
+
+
 def _parts(args):
     dataset, output_dim = fedml.data.load(args)
     model = fedml.model.create(args, output_dim)
@@ -93,14 +104,7 @@ def run_over_local(args, workers=2, worker_trainer=ClientTrainer, timeout=20.0):
     threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in range(1, workers + 1)]
     for thread in threads:
         thread.start()
-    rounds = FederatedRound(
-        args,
-        torch.device("cpu"),
-        dataset,
-        create_algorithm(args),
-        ClientTrainer(model, args),
-        ServerAggregator(model, args),
-    )
+    rounds = server_rounds(args, dataset, model)
     try:
         return RoundServer(rounds, hub.endpoint(0), range(1, workers + 1), timeout).run()
     finally:
@@ -135,14 +139,7 @@ def test_a_silent_worker_times_out_naming_it(make_args):
     hub = LocalHub(2)
     dataset, model = _parts(args)
     hub.endpoint(1).send(Message(MessageKind.INIT, 1, 0, -1, {"client_num": dataset.client_num}))
-    rounds = FederatedRound(
-        args,
-        torch.device("cpu"),
-        dataset,
-        create_algorithm(args),
-        ClientTrainer(model, args),
-        ServerAggregator(model, args),
-    )
+    rounds = server_rounds(args, dataset, model)
     with pytest.raises(
         TransportError, match=r"round 1: no CLIENT_UPDATE from worker rank\(s\) \[1\] within 0.3 s"
     ):
