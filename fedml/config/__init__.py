@@ -33,7 +33,8 @@ for _name, _model in SECTIONS.items():
         _SECTIONS_OF.setdefault(_key, []).append(_name)
 _SECTION_OF: dict[str, str] = {key: names[0] for key, names in _SECTIONS_OF.items()}
 """Key -> the first section holding it. A key in several sections (``byzantine_client_num`` is in
-``defense_args`` and ``attack_args``, as in FedML) reads from the first and is written to all."""
+``defense_args`` and ``attack_args``, as in FedML) is ambiguous to read flat (an error names the
+sections) and written to all of them by a flat write or override."""
 
 
 class Arguments:
@@ -64,7 +65,13 @@ class Arguments:
         if name in sections:
             return sections[name]
         if name in _SECTION_OF:
-            return getattr(sections[_SECTION_OF[name]], name)
+            homes = _SECTIONS_OF[name]
+            if len(homes) > 1:
+                raise ConfigError(
+                    f"{name} is a setting of {' and of '.join(homes)}, which may differ: read "
+                    + " or ".join(f"args.{home}.{name}" for home in homes)
+                )
+            return getattr(sections[homes[0]], name)
         raise AttributeError(f"'Arguments' has no attribute {name!r}{_suggest(name, _SECTION_OF)}")
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -263,7 +270,12 @@ def _defense_attack_checks(
             )
         )
     if defense.defense_type is not None:
-        named.append(("defense_args.defense_type", defense.defense_type, rule_names))
+        from fedml.core.robust import chain_problems
+
+        chain = [defense.defense_type] if isinstance(defense.defense_type, str) else defense.defense_type
+        if not chain:
+            errors.append(("defense_args.defense_type", "the list of rules is empty"))
+        errors.extend(("defense_args.defense_type", problem) for problem in chain_problems(chain))
     if attack.enable_attack and attack.attack_type is None:
         errors.append(
             (

@@ -85,10 +85,13 @@ class CommArgs(_Section):
 
 
 class DefenseArgs(_Section):
-    """``defense_args``: a Byzantine-robust aggregation rule in place of the weighted mean."""
+    """``defense_args``: Byzantine-robust aggregation in place of the weighted mean.
+
+    ``defense_type`` names one rule or a list applied in order (``[norm_diff_clipping, trimmed_mean]``).
+    """
 
     enable_defense: bool = False
-    defense_type: str | None = None
+    defense_type: str | list[str] | None = None
     byzantine_client_num: int = Field(0, ge=0)
     krum_param_m: int = Field(1, ge=1)
     trim_param_b: float = Field(0.1, ge=0, lt=0.5)

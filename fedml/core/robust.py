@@ -13,11 +13,13 @@ median by smoothed Weiszfeld iterations (RFA, Pillutla et al., 2022).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from fedml.core.aggregation import State, WeightedState, check_weights, weighted_mean
+from fedml.core.registry import Registry
 from fedml.errors import AggregationError, ConfigError
 
 
@@ -116,14 +118,35 @@ def norm_diff_clipping(
         If ``norm_bound`` is not positive.
 
     """
+    clipped, weights = _clipped(updates, global_state, norm_bound)
+    return _unflatten((torch.tensor(weights)[:, None] * clipped).sum(dim=0) / sum(weights), updates, weights)
+
+
+def clip_to_norm(
+    updates: Sequence[WeightedState], global_state: State, norm_bound: float
+) -> list[dict[str, torch.Tensor]]:
+    """Return each update's state with its distance from ``global_state`` clipped to ``norm_bound``.
+
+    Raises
+    ------
+    AggregationError
+        If ``norm_bound`` is not positive.
+
+    """
+    clipped, weights = _clipped(updates, global_state, norm_bound)
+    return [_unflatten(row, [updates[i]], [weights[i]]) for i, row in enumerate(clipped)]
+
+
+def _clipped(
+    updates: Sequence[WeightedState], global_state: State, norm_bound: float
+) -> tuple[torch.Tensor, list[float]]:
     if not norm_bound > 0:
         raise AggregationError(f"norm_diff_clipping needs norm_bound > 0, got {norm_bound}")
     matrix, weights = _stack(updates)
     origin = _flatten(global_state)
     diffs = matrix - origin
     norms = diffs.norm(dim=1, keepdim=True)
-    clipped = origin + diffs * (norm_bound / norms.clamp(min=norm_bound))
-    return _unflatten((torch.tensor(weights)[:, None] * clipped).sum(dim=0) / sum(weights), updates, weights)
+    return origin + diffs * (norm_bound / norms.clamp(min=norm_bound)), weights
 
 
 def geometric_median(
@@ -198,51 +221,121 @@ def _unflatten(
 AggregationRule = Callable[[Sequence[WeightedState], State], dict[str, torch.Tensor]]
 """``rule(updates, global_state) -> state``: how a round's updates become the next global state."""
 
-_RULES: dict[str, Callable[[Any], AggregationRule]] = {}
+SelectionRule = Callable[[Sequence[WeightedState], State], list[tuple[int, dict[str, torch.Tensor]]]]
+"""``rule(updates, global_state) -> [(index, state)]``: the updates that go on, each with its state."""
 
 
-def register_aggregation_rule(name: str, factory: Callable[[Any], AggregationRule]) -> None:
-    """Make ``factory(args)`` available as ``defense_args.defense_type: name``."""
-    _RULES[name] = factory
+@dataclass(frozen=True)
+class RobustRule:
+    """A registered ``defense_type``: its aggregating form and, when it has one, its selecting form.
+
+    A rule whose ``select`` is set (Krum keeps some updates, norm clipping shrinks each) can stand
+    before another in a ``defense_type`` list; an aggregating-only rule (median) must come last.
+    Both factories take the ``defense_args`` section.
+    """
+
+    aggregate: Callable[[Any], AggregationRule]
+    select: Callable[[Any], SelectionRule] | None = None
+
+
+RULES: Registry[RobustRule] = Registry("defense", key="defense_args.defense_type")
+"""The ``defense_args.defense_type`` names."""
+
+
+def register_aggregation_rule(
+    name: str, factory: Callable[[Any], AggregationRule], select: Callable[[Any], SelectionRule] | None = None
+) -> None:
+    """Make ``factory(defense_args)`` available as ``defense_args.defense_type: name``."""
+    RULES.register(name, RobustRule(factory, select))
 
 
 def aggregation_rule_names() -> list[str]:
     """Return the registered ``defense_type`` names."""
-    return sorted(_RULES)
+    return RULES.names()
+
+
+def defense_chain(defense: Any) -> list[str]:
+    """Return the rule names of a ``defense_args`` section in order (empty when the defense is off)."""
+    if not defense.enable_defense or defense.defense_type is None:
+        return []
+    kind = defense.defense_type
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def chain_problems(names: Sequence[str]) -> list[str]:
+    """Return what is wrong with a ``defense_type`` list: unknown names, or an aggregating rule not last."""
+    problems = [RULES.unknown(name).partition(": ")[2] for name in names if name not in RULES]
+    for name in names[:-1]:
+        if name in RULES and RULES.get(name).select is None:
+            problems.append(
+                f"{name} combines the updates into one, so it can only come last in the list "
+                f"(rules that can come first: {', '.join(n for n in RULES if RULES.get(n).select)})"
+            )
+    return problems
 
 
 def create_aggregation_rule(args: Any) -> AggregationRule:
-    """Return the rule named by ``defense_args.defense_type`` when ``enable_defense`` is set, else the mean.
+    """Return the last rule of ``defense_args.defense_type`` when the defense is on, else the weighted mean.
 
     Raises
     ------
     ConfigError
-        If the defense is enabled with a type that is not registered.
+        If the defense is enabled with a name that is not registered.
 
     """
-    if not getattr(args, "enable_defense", False):
+    names = defense_chain(args.defense_args)
+    if not names:
         return _mean
-    name = args.defense_type
-    if name not in _RULES:
-        raise ConfigError(
-            f"defense_args.defense_type: unknown defense {name!r}; "
-            f"valid: {', '.join(aggregation_rule_names())}"
-        )
-    return _RULES[name](args)
+    return RULES.get(names[-1]).aggregate(args.defense_args)
+
+
+def create_selection_rules(args: Any) -> list[tuple[str, SelectionRule]]:
+    """Return the rules that come before the last one in ``defense_args.defense_type``, in order.
+
+    Raises
+    ------
+    ConfigError
+        If one of them has no selecting form (it aggregates, so it can only come last).
+
+    """
+    names = defense_chain(args.defense_args)
+    problems = chain_problems(names)
+    if problems:
+        raise ConfigError(f"defense_args.defense_type: {'; '.join(problems)}")
+    rules = []
+    for name in names[:-1]:
+        select = RULES.get(name).select
+        if select is not None:
+            rules.append((name, select(args.defense_args)))
+    return rules
 
 
 def _mean(updates: Sequence[WeightedState], global_state: State) -> dict[str, torch.Tensor]:
     return weighted_mean(updates)
 
 
-register_aggregation_rule("median", lambda args: lambda u, g: coordinate_median(u))
-register_aggregation_rule("trimmed_mean", lambda args: lambda u, g: trimmed_mean(u, args.trim_param_b))
-register_aggregation_rule("krum", lambda args: lambda u, g: krum(u, args.byzantine_client_num))
+def _kept(
+    updates: Sequence[WeightedState], indices: Sequence[int]
+) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    return [(i, dict(updates[i][1])) for i in sorted(indices)]
+
+
+register_aggregation_rule("median", lambda d: lambda u, g: coordinate_median(u))
+register_aggregation_rule("trimmed_mean", lambda d: lambda u, g: trimmed_mean(u, d.trim_param_b))
 register_aggregation_rule(
-    "multikrum", lambda args: lambda u, g: krum(u, args.byzantine_client_num, args.krum_param_m)
+    "krum",
+    lambda d: lambda u, g: krum(u, d.byzantine_client_num),
+    select=lambda d: lambda u, g: _kept(u, krum_select(u, d.byzantine_client_num)),
 )
-register_aggregation_rule("bulyan", lambda args: lambda u, g: bulyan(u, args.byzantine_client_num))
 register_aggregation_rule(
-    "norm_diff_clipping", lambda args: lambda u, g: norm_diff_clipping(u, g, args.norm_bound)
+    "multikrum",
+    lambda d: lambda u, g: krum(u, d.byzantine_client_num, d.krum_param_m),
+    select=lambda d: lambda u, g: _kept(u, krum_select(u, d.byzantine_client_num, d.krum_param_m)),
 )
-register_aggregation_rule("geometric_median", lambda args: lambda u, g: geometric_median(u))
+register_aggregation_rule("bulyan", lambda d: lambda u, g: bulyan(u, d.byzantine_client_num))
+register_aggregation_rule(
+    "norm_diff_clipping",
+    lambda d: lambda u, g: norm_diff_clipping(u, g, d.norm_bound),
+    select=lambda d: lambda u, g: list(enumerate(clip_to_norm(u, g, d.norm_bound))),
+)
+register_aggregation_rule("geometric_median", lambda d: lambda u, g: geometric_median(u))

@@ -1,4 +1,8 @@
-"""What every simulation runner starts from: the model on its device, trainer, aggregator and algorithm."""
+"""What every simulation runner starts from: the model on its device, trainer, aggregator, algorithm, steps.
+
+A simulation runner is set-up code: it builds these once, then hands ``FederatedRound`` (on the server)
+a backend, or serves as a worker over the same ``LocalBackend``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ import torch
 from torch import nn
 
 from fedml.core.algorithms import create_algorithm
+from fedml.core.round import FederatedRound, LocalBackend
+from fedml.core.steps import build_steps
 from fedml.ml import ClientTrainer, ServerAggregator
+from fedml.simulation.engine import choose_engine
 
 if TYPE_CHECKING:
     from fedml.data import FederatedDataset
@@ -17,6 +24,10 @@ if TYPE_CHECKING:
 
 class Simulator:
     """Common set-up of the simulation runners (``sp``, ``MPI``, ``NCCL``); subclasses implement ``run``.
+
+    ``train_args.engine`` chooses how this process trains clients: one after the other (``sequential``)
+    or all at once as one batched computation (``vectorized``); ``auto`` follows
+    ``fedml.simulation.engine.choose_engine``. Both give the same model up to float rounding.
 
     Parameters
     ----------
@@ -32,6 +43,9 @@ class Simulator:
         Custom training and aggregation; default to ``ClientTrainer`` and ``ServerAggregator`` on ``model``.
 
     """
+
+    backend_name = "sp"
+    """The ``comm_args.backend`` this runner serves."""
 
     def __init__(
         self,
@@ -50,6 +64,46 @@ class Simulator:
         self.trainer = client_trainer or ClientTrainer(model, args)
         self.aggregator = server_aggregator or ServerAggregator(model, args)
         self.algorithm = create_algorithm(args)
+        self.steps = build_steps(args)
+        self.engine, objective = choose_engine(
+            args, device, model, self.algorithm, dataset, custom_trainer=self.custom_trainer
+        )
+        self.batch_trainer = None
+        if objective is not None:
+            from fedml.simulation.vectorized import VectorizedTrainer
+
+            self.batch_trainer = VectorizedTrainer(model, args, device, objective).train_round
+
+    def rounds(self) -> FederatedRound:
+        """Return the round driver of this run (on the process that acts as the server)."""
+        return FederatedRound(
+            self.args,
+            self.device,
+            self.dataset.test_global,
+            self.algorithm,
+            self.trainer,
+            self.aggregator,
+            self.steps,
+        )
+
+    def local_backend(self) -> LocalBackend:
+        """Return the backend that trains clients in this process with the chosen engine."""
+        return LocalBackend(
+            self.args,
+            self.device,
+            self.dataset.local_train,
+            self.dataset.client_num,
+            self.algorithm,
+            self.trainer,
+            self.aggregator,
+            self.steps.client,
+            self.batch_trainer,
+            self.backend_name,
+        )
+
+    def sample_counts(self) -> dict[int, int]:
+        """Return every client's number of training samples (what a worker announces when it joins)."""
+        return {c: self.dataset.local_sample_num(c) for c in range(self.dataset.client_num)}
 
     def run(self) -> RunResult:
         """Carry out the run and return its result."""

@@ -1,13 +1,13 @@
-"""MPI simulation: rank 0 runs the server round, ranks 1..N-1 train their share of the sampled clients.
+"""MPI simulation: rank 0 runs the round driver over the MPI transport, ranks 1..N-1 train their share.
 
-This is ``RoundServer``/``RoundWorker`` over the MPI transport; nothing of the round is specific to MPI.
+This is ``RemoteBackend``/``RoundWorker`` over the MPI transport with the ``AllReplies`` policy;
+nothing of the round is specific to MPI.
 """
 
 from __future__ import annotations
 
 from fedml.core.comm import create_transport
-from fedml.core.remote_round import RoundServer, RoundWorker
-from fedml.core.round import FederatedRound
+from fedml.core.round import AllReplies, RemoteBackend, RoundWorker
 from fedml.errors import ConfigError, TransportError
 from fedml.simulation.base import Simulator
 from fedml.tracking import RunResult, role_logger
@@ -24,9 +24,11 @@ class MPISimulator(Simulator):
     Parameters
     ----------
     args, device, dataset, model, client_trainer, server_aggregator
-        As for ``SPSimulator``.
+        As for ``Simulator``.
 
     """
+
+    backend_name = "MPI"
 
     def run(self) -> RunResult:
         """Run the simulation on this rank and return the run's result."""
@@ -40,20 +42,19 @@ class MPISimulator(Simulator):
         role, rank = ("Server", 0) if transport.rank == 0 else ("Client", transport.rank)
         try:
             if transport.rank == 0:
-                rounds = FederatedRound(
-                    args, self.device, self.dataset, self.algorithm, self.trainer, self.aggregator
+                rounds = self.rounds()
+                backend = RemoteBackend(
+                    transport,
+                    AllReplies(args.timeout),
+                    self.backend_name,
+                    expected_peers=[str(r) for r in range(1, transport.world_size)],
+                    join_timeout=args.timeout,
+                    client_num=self.dataset.client_num,
+                    log=rounds.log,
                 )
-                return RoundServer(rounds, transport, range(1, transport.world_size), args.timeout).run()
-            return RoundWorker(
-                transport,
-                self.dataset,
-                self.algorithm,
-                args,
-                self.device,
-                self.trainer,
-                self.aggregator,
-                args.timeout,
-            ).run()
+                return rounds.run(backend)
+            worker = RoundWorker(transport, self.local_backend(), self.sample_counts(), args.timeout)
+            return worker.run()
         except TransportError as exc:
             role_logger(role, rank).error("Aborting the MPI job: %s", exc)
             transport.abort(1)

@@ -1,7 +1,9 @@
-"""NCCL simulation: every rank trains its share of the sampled clients; one weighted all-reduce averages them.
+"""NCCL simulation: every rank trains its share of the sampled clients; one weighted all-reduce sums them.
 
 torch.distributed with the ``nccl`` backend when the run uses CUDA (one GPU per local rank), ``gloo`` on
-the CPU otherwise. Launch with ``torchrun`` or ``mpirun``; see ``fedml.simulation.launch``.
+the CPU otherwise. Launch with ``torchrun`` or ``mpirun``; see ``fedml.simulation.launch``. Rank 0 runs
+the round driver over ``AllReduceBackend``; the other ranks serve it with ``AllReduceWorker``. Both
+train their share through the same ``LocalBackend`` as ``sp``.
 """
 
 from __future__ import annotations
@@ -14,38 +16,41 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedml.core.algorithms import Client, RoundContext, Update
-from fedml.core.comm import Message, MessageKind, decode, encode
-from fedml.core.remote_round import assign_clients
-from fedml.core.round import FederatedRound, usable_updates
-from fedml.core.sampling import sample_clients
-from fedml.errors import AggregationError, NotSupportedError
+from fedml.core.algorithms import SummedUpdate
+from fedml.core.comm import BROADCAST, Message, MessageKind, decode, encode
+from fedml.core.round import LocalBackend, RoundTask, assign_clients, usable_updates
+from fedml.core.round.remote import pack_assignment, unpack_assignment
+from fedml.core.steps import check_compatibility
+from fedml.errors import FedMLError, ProtocolError
 from fedml.ml import ClientTrainer, ServerAggregator
 from fedml.simulation.base import Simulator
 from fedml.simulation.launch import LaunchInfo, detect_launch
-from fedml.tracking import RunResult, progress, role_logger
+from fedml.tracking import RunResult, role_logger
 
 if TYPE_CHECKING:
+    import logging
+
     from fedml.data import FederatedDataset
 
 
 class NCCLSimulator(Simulator):
     """Runs the simulation on every rank of a torch.distributed job.
 
-    Each round, every rank trains its share of the sampled clients (balanced by sample count), sums their
-    sample-weighted states, and one all-reduce adds the sums and the weights of all ranks: the quotient is
-    the FedAvg model. Rank 0 passes it through ``FederatedRound.finish`` (server hooks, evaluation,
-    tracking) and broadcasts the result, so every rank starts the next round from the same state. Only
-    rank 0 writes the run directory; every rank returns the same ``RunResult``. Algorithms and defenses
-    that need every client's update on the server (FedNova, SCAFFOLD, FedDyn, robust aggregation) are
-    refused with a ``NotSupportedError``.
+    Each round, rank 0 broadcasts the global state and the sampled clients; every rank trains its share
+    (balanced by sample count), sums their sample-weighted states, and one all-reduce adds the sums and
+    the weights of all ranks: the quotient is the FedAvg model, which rank 0's round driver receives as
+    a ``SummedUpdate``. Only rank 0 writes the run directory; every rank returns the same ``RunResult``.
+    Algorithms and steps that need every client's update on the server (FedNova, SCAFFOLD, FedDyn,
+    robust aggregation) are refused at start with a ``NotSupportedError`` naming them.
 
     Parameters
     ----------
     args, device, dataset, model, client_trainer, server_aggregator
-        As for ``SPSimulator``. With a CUDA ``device``, local rank ``i`` uses ``cuda:i`` and NCCL.
+        As for ``Simulator``. With a CUDA ``device``, local rank ``i`` uses ``cuda:i`` and NCCL.
 
     """
+
+    backend_name = "NCCL"
 
     def __init__(
         self,
@@ -60,12 +65,7 @@ class NCCLSimulator(Simulator):
         if device.type == "cuda":
             device = torch.device(f"cuda:{self.launch.local_rank % torch.cuda.device_count()}")
         super().__init__(args, device, dataset, model, client_trainer, server_aggregator)
-        if not self.algorithm.accepts_presummed_updates or args.enable_defense:
-            raise NotSupportedError(
-                f"comm_args.backend NCCL sums client updates in one all-reduce, which {self.algorithm.name}"
-                f"{' with defense_args' if args.enable_defense else ''} cannot use: it needs every client's "
-                "update on the server; use backend sp or MPI"
-            )
+        check_compatibility(self.steps, self.algorithm, self.backend_name, presummed=True)
 
     def run(self) -> RunResult:
         """Join the process group, run all rounds, and return the run's result."""
@@ -75,7 +75,19 @@ class NCCLSimulator(Simulator):
         if owns_group:
             self._init_group(dist)
         try:
-            return self._run(dist.get_rank(), dist.get_world_size())
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+            share = _ShareTrainer(
+                self.local_backend(),
+                self.sample_counts(),
+                self.device,
+                rank,
+                world_size,
+                self.args.max_message_mb << 20,
+            )
+            if rank == 0:
+                rounds = self.rounds()
+                return rounds.run(AllReduceBackend(share, rounds.log))
+            return AllReduceWorker(share).run()
         finally:
             if owns_group:
                 dist.destroy_process_group()
@@ -94,97 +106,125 @@ class NCCLSimulator(Simulator):
             timeout=datetime.timedelta(seconds=self.args.timeout),
         )
 
-    def _run(self, rank: int, world_size: int) -> RunResult:
+
+class _ShareTrainer:
+    """What every rank does with a broadcast task: train its share, then all-reduce the weighted sum."""
+
+    def __init__(
+        self,
+        local: LocalBackend,
+        sample_counts: Mapping[int, int],
+        device: torch.device,
+        rank: int,
+        world_size: int,
+        max_bytes: int,
+    ) -> None:
+        self.local = local
+        self.max_bytes = max_bytes
+        self.sample_counts = sample_counts
+        self.device = device
+        self.rank = rank
+        self.ranks = [str(r) for r in range(world_size)]
+        self.log = role_logger("Server" if rank == 0 else "Client", rank)
+
+    def broadcast(self, message: Message | None) -> Message:
+        """Send ``message`` from rank 0 to every rank (``None`` on the others); return it everywhere."""
         import torch.distributed as dist
 
-        args = self.args
-        log = role_logger("Server" if rank == 0 else "Client", rank)
-        rounds = None
-        if rank == 0:
-            rounds = FederatedRound(
-                args, self.device, self.dataset, self.algorithm, self.trainer, self.aggregator
-            )
-            state = rounds.start()
-        else:
-            state = self.aggregator.get_model_params()
-        state = self._broadcast_state(state)
-        first_round = torch.tensor([rounds.first_round if rounds is not None else 0], device=self.device)
-        dist.broadcast(first_round, src=0)
-        counts = [self.dataset.local_sample_num(c) for c in range(self.dataset.client_num)]
-        try:
-            for round_idx in progress(range(int(first_round), args.comm_round), "rounds"):
-                clients = sample_clients(
-                    args.random_seed, round_idx, self.dataset.client_num, args.client_num_per_round
-                )
-                share = assign_clients(clients, counts, list(range(world_size)))[rank]
-                ctx = RoundContext(round_idx, args, self.device, self.trainer, self.aggregator)
-                updates = [
-                    self.algorithm.client_update(
-                        state, Client(c, self.dataset.local_train(c), self.algorithm.client_payload(c)), ctx
-                    )
-                    for c in share
-                ]
-                mean = self._all_reduce_mean(round_idx, state, usable_updates(round_idx, updates, log))
-                if rounds is not None:
-                    state = rounds.finish(round_idx, state, [mean])
-                state = self._broadcast_state(state)
-        except BaseException as exc:
-            if rounds is not None:
-                rounds.tracker.fail(exc)
-            raise
-        return self._share_result(rounds.result() if rounds is not None else None, state)
+        data = encode(message) if message is not None else b""
+        size = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
+        dist.broadcast(size, src=0)
+        buffer = torch.zeros(int(size), dtype=torch.uint8, device=self.device)
+        if message is not None:
+            buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        dist.broadcast(buffer, src=0)
+        return message if message is not None else decode(buffer.cpu().numpy().tobytes(), self.max_bytes)
 
-    def _all_reduce_mean(
-        self, round_idx: int, like: Mapping[str, torch.Tensor], updates: list[Update]
-    ) -> Update:
+    def train(self, message: Message) -> SummedUpdate:
+        """Train this rank's share of a broadcast task; return the all-reduced sum over every rank."""
         import torch.distributed as dist
 
-        total = torch.zeros(_numel(like) + 3, dtype=torch.float64, device=self.device)
+        clients, state, payloads = unpack_assignment(message)
+        share = assign_clients(clients, self.sample_counts, self.ranks)[str(self.rank)]
+        task = RoundTask(message.round_idx, state, share, payloads, len(share))
+        updates = usable_updates(message.round_idx, self.local.train(task), self.log)
+        total = torch.zeros(_numel(state) + 3, dtype=torch.float64, device=self.device)
         for update in updates:
             total[:-3].add_(_flatten(update.state, self.device), alpha=update.weight)
             total[-3] += update.weight
             if "train_loss" in update.metrics:
                 total[-2] += update.weight * update.metrics["train_loss"]
                 total[-1] += update.weight
+        counted = torch.tensor([len(updates)], dtype=torch.int64, device=self.device)
         dist.all_reduce(total)
+        dist.all_reduce(counted)
         weight, loss_sum, loss_weight = (float(v) for v in total[-3:])
-        if weight <= 0:
-            raise AggregationError(
-                f"round {round_idx + 1}: none of the client updates is usable (non-finite values or zero "
-                "weight); training diverged, try a smaller train_args.learning_rate"
-            )
         metrics = {"train_loss": loss_sum / loss_weight} if loss_weight else {}
-        return Update(-1, weight, _unflatten(total[:-3] / weight, like), metrics)
+        mean = _unflatten(total[:-3] / weight, state) if weight > 0 else dict(state)
+        return SummedUpdate(int(counted), weight, mean, metrics)
 
-    def _broadcast_state(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        import torch.distributed as dist
 
-        flat = _flatten(state, self.device)
-        dist.broadcast(flat, src=0)
-        return _unflatten(flat, state)
+class AllReduceBackend:
+    """Rank 0's backend: broadcasts each task, trains its own share, returns the all-reduced sum."""
 
-    def _share_result(self, result: RunResult | None, state: dict[str, torch.Tensor]) -> RunResult:
-        import torch.distributed as dist
+    name = "NCCL"
+    presummed = True
 
+    def __init__(self, share: _ShareTrainer, log: logging.LoggerAdapter) -> None:
+        self.share = share
+        self.log = log
+
+    def open(self) -> None:
+        """Nothing to prepare: the process group is up."""
+
+    def clients(self) -> list[int]:
+        """Return every client id (every rank holds the dataset)."""
+        return self.share.local.clients()
+
+    def selection_size(self, wanted: int) -> int:
+        """Return ``wanted``."""
+        return wanted
+
+    def train(self, task: RoundTask) -> SummedUpdate:
+        """Broadcast the task, train rank 0's share and return the sum over all ranks."""
+        metadata, tensors = pack_assignment(task.global_state, task.payloads)
+        message = Message(MessageKind.SYNC_MODEL, "0", BROADCAST, task.round_idx, metadata, tensors)
+        return self.share.train(self.share.broadcast(message))
+
+    def close(self, result: RunResult | None, error: BaseException | None) -> None:
+        """Broadcast the end of the run (the result with the final state, or the error)."""
+        metadata: dict[str, Any] = {"error": f"{type(error).__name__}: {error}"}
+        state: dict[str, torch.Tensor] = {}
         if result is not None:
             metadata = {
                 "final_metrics": result.final_metrics,
                 "history": result.history,
                 "run_dir": str(result.run_dir),
             }
-            data = encode(Message(MessageKind.FINISH, 0, -1, -1, metadata))
-            size = torch.tensor([len(data)], dtype=torch.int64, device=self.device)
-        else:
-            size = torch.zeros(1, dtype=torch.int64, device=self.device)
-        dist.broadcast(size, src=0)
-        buffer = torch.zeros(int(size), dtype=torch.uint8, device=self.device)
-        if result is not None:
-            buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        dist.broadcast(buffer, src=0)
-        if result is not None:
-            return result
-        meta = decode(buffer.cpu().numpy().tobytes()).metadata
-        return RunResult(meta["final_metrics"], meta["history"], Path(meta["run_dir"]), state)
+            state = result.model_state
+        self.share.broadcast(Message(MessageKind.FINISH, "0", BROADCAST, -1, metadata, state))
+
+
+class AllReduceWorker:
+    """A rank other than 0: trains its share of every broadcast task until rank 0 broadcasts ``FINISH``."""
+
+    def __init__(self, share: _ShareTrainer) -> None:
+        self.share = share
+
+    def run(self) -> RunResult:
+        """Serve rounds until ``FINISH``; return the run's result as rank 0 reported it."""
+        while True:
+            message = self.share.broadcast(None)
+            if message.kind == MessageKind.FINISH:
+                meta = message.metadata
+                if "error" in meta:
+                    raise FedMLError(f"rank 0 ended the run: {meta['error']}")
+                return RunResult(
+                    meta["final_metrics"], meta["history"], Path(meta["run_dir"]), message.tensors
+                )
+            if message.kind != MessageKind.SYNC_MODEL:
+                raise ProtocolError(f"rank {self.share.rank}: unexpected broadcast {message.describe()}")
+            self.share.train(message)
 
 
 def _init_method(info: LaunchInfo) -> str:

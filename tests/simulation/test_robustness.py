@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import fedml
-from fedml.core.algorithms import create_algorithm
-from fedml.core.attacks import AttackedAlgorithm
 from fedml.core.robust import aggregation_rule_names, create_aggregation_rule
+from fedml.core.steps import build_steps
+from fedml.core.steps.attack import AttackStep
 from fedml.errors import ConfigError
 
 ATTACK = {
@@ -70,10 +70,9 @@ def test_label_flipping_attackers_train_on_flipped_labels(make_args):
         target_class_list=[1, 0],
         ratio_of_poisoned_client=0.3,
     )
-    algorithm = create_algorithm(args)
-    assert isinstance(algorithm, AttackedAlgorithm)
-    assert len(algorithm.attackers) == 3
-    assert algorithm.local_objective() is None
+    (step,) = build_steps(args).client
+    assert isinstance(step, AttackStep)
+    assert len(step.attackers) == 3
 
 
 def test_model_replacement_makes_the_attacker_dominate(make_args):
@@ -93,7 +92,7 @@ def test_rule_registry_and_config_errors(make_args):
         ConfigError, match=r"defense_args\.defense_type: enable_defense is true but no type is set"
     ):
         make_args(enable_defense=True)
-    with pytest.raises(ConfigError, match="unknown name 'krumm'; did you mean krum"):
+    with pytest.raises(ConfigError, match="unknown defense 'krumm'; did you mean krum"):
         make_args(enable_defense=True, defense_type="krumm")
     with pytest.raises(ConfigError, match=r"attack_args\.enable_attack: attacks are simulated only"):
         make_args(training_type="cross_silo", enable_attack=True, attack_type="byzantine")

@@ -11,8 +11,12 @@ from fedml.core.algorithms.base import (
     LocalObjective,
     Penalty,
     RoundContext,
+    RoundResults,
+    SummedUpdate,
     Update,
+    individual_updates,
     train_locally,
+    weighted_states,
 )
 from fedml.core.algorithms.fedavg import FedAvg
 from fedml.core.algorithms.feddyn import FedDyn
@@ -20,26 +24,27 @@ from fedml.core.algorithms.fednova import FedNova
 from fedml.core.algorithms.fedopt import FedOpt
 from fedml.core.algorithms.fedprox import FedProx
 from fedml.core.algorithms.scaffold import Scaffold
-from fedml.errors import ConfigError
+from fedml.core.registry import Registry
 
 AlgorithmFactory = Callable[[Any], Algorithm]
 """Builds an algorithm from the run's arguments."""
 
-_ALGORITHMS: dict[str, AlgorithmFactory] = {}
+ALGORITHMS: Registry[AlgorithmFactory] = Registry("optimizer", key="train_args.federated_optimizer")
+"""The ``train_args.federated_optimizer`` names."""
 
 
 def register_algorithm(name: str, factory: AlgorithmFactory) -> None:
     """Make ``factory(args)`` available as ``train_args.federated_optimizer: name``."""
-    _ALGORITHMS[name] = factory
+    ALGORITHMS.register(name, factory)
 
 
 def algorithm_names() -> list[str]:
     """Return the registered algorithm names."""
-    return sorted(_ALGORITHMS)
+    return ALGORITHMS.names()
 
 
 def create_algorithm(args: Any) -> Algorithm:
-    """Build the algorithm named by ``args.federated_optimizer``, wrapped in the simulated attack if enabled.
+    """Build the algorithm named by ``args.federated_optimizer``.
 
     Raises
     ------
@@ -47,18 +52,7 @@ def create_algorithm(args: Any) -> Algorithm:
         If the name is not registered; the message lists the valid names.
 
     """
-    name = args.federated_optimizer
-    if name not in _ALGORITHMS:
-        raise ConfigError(
-            f"train_args.federated_optimizer: unknown optimizer {name!r}; "
-            f"valid: {', '.join(algorithm_names())}"
-        )
-    algorithm = _ALGORITHMS[name](args)
-    if getattr(args, "enable_attack", False):
-        from fedml.core.attacks import AttackedAlgorithm
-
-        algorithm = AttackedAlgorithm(algorithm, args)
-    return algorithm
+    return ALGORITHMS.get(args.federated_optimizer)(args)
 
 
 register_algorithm("FedAvg", FedAvg)
@@ -69,6 +63,7 @@ register_algorithm("SCAFFOLD", Scaffold)
 register_algorithm("FedDyn", FedDyn)
 
 __all__ = [
+    "ALGORITHMS",
     "Algorithm",
     "AlgorithmFactory",
     "Client",
@@ -80,10 +75,14 @@ __all__ = [
     "LocalObjective",
     "Penalty",
     "RoundContext",
+    "RoundResults",
     "Scaffold",
+    "SummedUpdate",
     "Update",
     "algorithm_names",
     "create_algorithm",
+    "individual_updates",
     "register_algorithm",
     "train_locally",
+    "weighted_states",
 ]

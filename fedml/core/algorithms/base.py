@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from fedml.errors import AggregationError
+
 if TYPE_CHECKING:
     from fedml.data import ClientData
     from fedml.ml import ClientTrainer, ServerAggregator
@@ -63,6 +65,57 @@ class Update:
 
 
 @dataclass
+class SummedUpdate:
+    """Several clients' updates combined before they reach the server: their sample-weighted mean.
+
+    NCCL's all-reduce produces one. Only an algorithm with ``accepts_presummed_updates`` and server steps
+    that do not need individual updates accept it; the check at start refuses any other combination.
+
+    Attributes
+    ----------
+    clients
+        How many client updates went into the mean.
+    weight
+        Their total weight (sample count).
+    state
+        The weighted mean of their states.
+    metrics
+        Weighted means of their metrics (``train_loss``).
+
+    """
+
+    clients: int
+    weight: float
+    state: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+RoundResults = list[Update] | SummedUpdate
+"""What a backend returns for a round: every client's update, or their sum."""
+
+
+def weighted_states(results: RoundResults) -> list[tuple[float, dict[str, torch.Tensor]]]:
+    """Return ``(weight, state)`` pairs of a round's results, for an aggregator (one pair for a sum)."""
+    if isinstance(results, SummedUpdate):
+        return [(results.weight, results.state)]
+    return [(u.weight, u.state) for u in results]
+
+
+def individual_updates(results: RoundResults, algorithm: str) -> list[Update]:
+    """Return ``results`` as a list of updates; an algorithm that needs each client's update calls this.
+
+    Raises
+    ------
+    AggregationError
+        For a ``SummedUpdate`` (the check at start normally refuses such a run before it begins).
+
+    """
+    if isinstance(results, SummedUpdate):
+        raise AggregationError(f"{algorithm} needs every client's update, but the backend summed them")
+    return results
+
+
+@dataclass
 class RoundContext:
     """What an algorithm may use in a round: the arguments, device, trainer and aggregator."""
 
@@ -88,9 +141,9 @@ class Algorithm(Protocol):
         ...
 
     def server_update(
-        self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext
+        self, global_state: dict[str, torch.Tensor], updates: RoundResults, ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
-        """Combine the round's updates into the next global state."""
+        """Combine the round's updates (a ``SummedUpdate`` only if ``accepts_presummed_updates``)."""
         ...
 
     def client_payload(self, client_idx: int) -> dict[str, torch.Tensor]:

@@ -6,7 +6,15 @@ from typing import Any
 
 import torch
 
-from fedml.core.algorithms.base import Client, LocalObjective, RoundContext, Update, train_locally
+from fedml.core.algorithms.base import (
+    Client,
+    LocalObjective,
+    RoundContext,
+    RoundResults,
+    Update,
+    train_locally,
+    weighted_states,
+)
 
 
 class FedAvg:
@@ -33,7 +41,7 @@ class FedAvg:
         return train_locally(global_state, client, ctx, self.local_objective())
 
     def server_update(
-        self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext
+        self, global_state: dict[str, torch.Tensor], updates: RoundResults, ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         """Return the aggregator's combination (by default the weighted mean) of the client states."""
-        return ctx.aggregator.aggregate_with_hooks([(u.weight, u.state) for u in updates])
+        return ctx.aggregator.aggregate_with_hooks(weighted_states(updates))

@@ -12,7 +12,15 @@ from typing import Any
 
 import torch
 
-from fedml.core.algorithms.base import Client, LocalObjective, RoundContext, Update, train_locally
+from fedml.core.algorithms.base import (
+    Client,
+    LocalObjective,
+    RoundContext,
+    RoundResults,
+    Update,
+    individual_updates,
+    train_locally,
+)
 from fedml.core.algorithms.fedavg import FedAvg
 from fedml.errors import ConfigError
 
@@ -68,9 +76,10 @@ class FedDyn(FedAvg):
         return update
 
     def server_update(
-        self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext
+        self, global_state: dict[str, torch.Tensor], updates: RoundResults, ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         """Average the models, update ``h`` and every participant's ``h_i``, return ``mean - h / alpha``."""
+        updates = individual_updates(updates, self.name)
         averaged = super().server_update(global_state, updates, ctx)
         total = ctx.args.client_num_in_total
         for update in updates:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from fedml.core.aggregation import weighted_mean
-from fedml.core.algorithms.base import RoundContext, Update, local_steps
+from fedml.core.algorithms.base import RoundContext, RoundResults, individual_updates, local_steps
 from fedml.core.algorithms.fedavg import FedAvg
 
 
@@ -23,9 +23,10 @@ class FedNova(FedAvg):
     accepts_presummed_updates = False
 
     def server_update(
-        self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext
+        self, global_state: dict[str, torch.Tensor], updates: RoundResults, ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         """Return ``x - tau_eff * sum_i p_i (x - y_i) / tau_i`` with ``p_i`` the sample share."""
+        updates = individual_updates(updates, self.name)
         total = sum(u.weight for u in updates)
         steps = [local_steps(u, ctx.args) for u in updates]
         tau_eff = sum(u.weight / total * tau for u, tau in zip(updates, steps, strict=True))

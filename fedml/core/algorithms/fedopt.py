@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from fedml.core.algorithms.base import RoundContext, Update
+from fedml.core.algorithms.base import RoundContext, RoundResults
 from fedml.core.algorithms.fedavg import FedAvg
 from fedml.errors import ConfigError
 
@@ -45,7 +45,7 @@ class FedOpt(FedAvg):
         self.variance: dict[str, torch.Tensor] = {}
 
     def server_update(
-        self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext
+        self, global_state: dict[str, torch.Tensor], updates: RoundResults, ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         """Average the client states (through the aggregator), then take one server optimizer step."""
         averaged = super().server_update(global_state, updates, ctx)

@@ -16,7 +16,9 @@ from fedml.core.algorithms.base import (
     Client,
     LocalObjective,
     RoundContext,
+    RoundResults,
     Update,
+    individual_updates,
     local_steps,
     train_locally,
 )
@@ -74,9 +76,10 @@ class Scaffold(FedAvg):
         return update
 
     def server_update(
-        self, global_state: dict[str, torch.Tensor], updates: list[Update], ctx: RoundContext
+        self, global_state: dict[str, torch.Tensor], updates: RoundResults, ctx: RoundContext
     ) -> dict[str, torch.Tensor]:
         """Average the models; add the participants' control-variate changes to theirs and to ``c``."""
+        updates = individual_updates(updates, self.name)
         new_state = super().server_update(global_state, updates, ctx)
         share = len(updates) / ctx.args.client_num_in_total
         for update in updates:

@@ -4,7 +4,7 @@ Examples
 --------
 >>> from fedml.core.comm import LocalHub, Message, MessageKind
 >>> hub = LocalHub(2)
->>> hub.endpoint(0).send(Message(MessageKind.INIT, sender=0, receiver=1))
+>>> hub.endpoint(0).send(Message(MessageKind.INIT, sender="0", receiver="1"))
 >>> hub.endpoint(1).receive(timeout=1).kind.name
 'INIT'
 
@@ -19,9 +19,10 @@ from fedml.core.comm.base import (
 )
 from fedml.core.comm.codec import DEFAULT_MAX_BYTES, decode, encode
 from fedml.core.comm.local import LocalHub, LocalTransport
-from fedml.core.comm.message import PROTOCOL_VERSION, Message, MessageKind
+from fedml.core.comm.message import BROADCAST, PROTOCOL_VERSION, Message, MessageKind, rank_of
 
 __all__ = [
+    "BROADCAST",
     "DEFAULT_MAX_BYTES",
     "PROTOCOL_VERSION",
     "ClosingContext",
@@ -33,6 +34,7 @@ __all__ = [
     "create_transport",
     "decode",
     "encode",
+    "rank_of",
     "register_transport",
     "transport_names",
 ]

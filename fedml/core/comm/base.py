@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from fedml.core.comm.message import Message
-from fedml.errors import ConfigError
+from fedml.core.registry import Registry
 
 
 @runtime_checkable
 class Transport(Protocol):
     """Moves ``Message`` objects between the processes of one run.
 
-    ``rank`` is this process's address; ``world_size`` the number of addresses. ``send`` delivers a
-    message to ``message.receiver``; ``receive`` returns the next message addressed here, waiting at most
+    ``address`` is this process's peer id (for MPI and in-process transports its ``rank`` as a decimal
+    string); ``world_size`` the number of ranks. ``send`` delivers a message to ``message.receiver``;
+    ``receive`` returns the next message addressed here, waiting at most
     ``timeout`` seconds (``None``: the transport's default) and raising ``TransportError`` when none
     arrives. Both raise ``ProtocolError`` for bytes that are not a valid message.
     """
 
+    address: str
     rank: int
     world_size: int
 
@@ -59,14 +60,10 @@ class ClosingContext:
         self.close()
 
 
-@dataclass(frozen=True)
-class _Entry:
-    module: str
-    attribute: str
-    extra: str | None
-
-
-_TRANSPORTS: dict[str, _Entry | Callable[..., Transport]] = {}
+TRANSPORTS: Registry[Callable[..., Transport]] = Registry(
+    "transport", key="comm_args.backend", case_sensitive=False
+)
+"""Transports by ``comm_args.backend`` name (case-insensitive)."""
 
 
 def register_transport(name: str, factory: Callable[..., Transport] | str, extra: str | None = None) -> None:
@@ -83,16 +80,12 @@ def register_transport(name: str, factory: Callable[..., Transport] | str, extra
         The pip extra that provides the backend's package, named in the error when it is missing.
 
     """
-    if isinstance(factory, str):
-        module, _, attribute = factory.partition(":")
-        _TRANSPORTS[name.upper()] = _Entry(module, attribute, extra)
-    else:
-        _TRANSPORTS[name.upper()] = factory
+    TRANSPORTS.register(name, factory, extra=extra)
 
 
 def transport_names() -> list[str]:
     """Return the registered transport names."""
-    return sorted(_TRANSPORTS)
+    return TRANSPORTS.names()
 
 
 def create_transport(name: str, **kwargs: Any) -> Transport:
@@ -106,13 +99,7 @@ def create_transport(name: str, **kwargs: Any) -> Transport:
         If the transport's optional package is not installed; the message names the extra to install.
 
     """
-    entry = _TRANSPORTS.get(name.upper())
-    if entry is None:
-        raise ConfigError(f"comm_args.backend: no transport {name!r}; valid: {', '.join(transport_names())}")
-    if not isinstance(entry, _Entry):
-        return entry(**kwargs)
-    module = importlib.import_module(entry.module)
-    return getattr(module, entry.attribute)(**kwargs)
+    return TRANSPORTS.get(name)(**kwargs)
 
 
 def require(package: str, extra: str) -> Any:

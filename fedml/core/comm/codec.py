@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fedml.core.comm.message import PROTOCOL_VERSION, Message, MessageKind
+from fedml.core.comm.message import MAX_PEER_ID, PROTOCOL_VERSION, Message, MessageKind
 from fedml.errors import ProtocolError
 
 MAGIC = b"FMLM"
@@ -64,6 +64,9 @@ def encode(message: Message) -> bytes:
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         specs.append({"name": name, "dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape)})
         chunks.append(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    for end in (message.sender, message.receiver):
+        if not isinstance(end, str) or not 0 < len(end) <= MAX_PEER_ID:
+            raise ProtocolError(f"peer id {end!r:.100} is not a string of 1 to {MAX_PEER_ID} characters")
     header_fields = {
         "kind": int(message.kind),
         "sender": message.sender,
@@ -136,9 +139,15 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
     if not isinstance(header, dict) or set(header) != expected:
         keys = sorted(header) if isinstance(header, dict) else type(header).__name__
         raise ProtocolError(f"message header must have the keys {sorted(expected)}, got {keys}")
-    for key in ("kind", "sender", "receiver", "round"):
+    for key in ("kind", "round"):
         if not _is_int(header[key]):
-            raise ProtocolError(f"message header field {key!r} must be an integer, got {header[key]!r}")
+            raise ProtocolError(f"message header field {key!r} must be an integer, got {header[key]!r:.100}")
+    for key in ("sender", "receiver"):
+        if not isinstance(header[key], str) or not 0 < len(header[key]) <= MAX_PEER_ID:
+            raise ProtocolError(
+                f"message header field {key!r} must be a peer id of 1 to {MAX_PEER_ID} characters, "
+                f"got {header[key]!r:.100}"
+            )
     try:
         header["kind"] = MessageKind(header["kind"])
     except ValueError as exc:

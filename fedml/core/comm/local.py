@@ -9,7 +9,7 @@ import queue
 
 from fedml.core.comm.base import ClosingContext
 from fedml.core.comm.codec import DEFAULT_MAX_BYTES, decode, encode
-from fedml.core.comm.message import Message
+from fedml.core.comm.message import Message, rank_of
 from fedml.errors import TransportError
 
 
@@ -59,6 +59,7 @@ class LocalTransport(ClosingContext):
             raise TransportError(f"rank {rank} is outside the hub's 0..{hub.world_size - 1}")
         self.hub = hub
         self.rank = rank
+        self.address = str(rank)
         self.world_size = hub.world_size
         self.timeout = timeout
         self.max_bytes = max_bytes
@@ -67,9 +68,7 @@ class LocalTransport(ClosingContext):
     def send(self, message: Message) -> None:
         """Encode ``message`` and put it in the receiver's mailbox."""
         self._check_open()
-        if not 0 <= message.receiver < self.world_size:
-            raise TransportError(f"no endpoint {message.receiver} (world size {self.world_size})")
-        self.hub.queues[message.receiver].put(encode(message))
+        self.hub.queues[rank_of(message.receiver, self.world_size)].put(encode(message))
 
     def receive(self, timeout: float | None = None) -> Message:
         """Return the next message for this endpoint, waiting at most ``timeout`` seconds."""

@@ -8,15 +8,23 @@ from typing import Any
 
 import torch
 
-PROTOCOL_VERSION = 1
-"""Version of the wire format; a receiver rejects messages of any other version."""
+from fedml.errors import TransportError
+
+PROTOCOL_VERSION = 2
+"""Version of the wire format; a receiver rejects messages of any other version (2: string peer ids)."""
+
+MAX_PEER_ID = 128
+"""Longest peer id, in characters."""
+
+BROADCAST = "*"
+"""The receiver of a message meant for every peer (a collective broadcast)."""
 
 
 class MessageKind(enum.IntEnum):
     """What a message asks for or carries."""
 
     INIT = 1
-    """A worker announces itself to the server (metadata: what it can train)."""
+    """A peer joins (or rejoins) the run (metadata: the clients it hosts and their sample counts)."""
     SYNC_MODEL = 2
     """The server sends the global state and the clients to train this round."""
     CLIENT_UPDATE = 3
@@ -36,7 +44,7 @@ class Message:
     kind
         The message kind.
     sender, receiver
-        Ranks (or peer ids) of the two ends.
+        Peer ids of the two ends (an MPI rank as a decimal string, a silo's name, ``BROADCAST``).
     round_idx
         The 0-based round it belongs to; ``-1`` outside rounds.
     metadata
@@ -49,8 +57,8 @@ class Message:
     """
 
     kind: MessageKind
-    sender: int
-    receiver: int
+    sender: str
+    receiver: str
     round_idx: int = -1
     metadata: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -62,3 +70,17 @@ class Message:
             f"{self.kind.name} from {self.sender} to {self.receiver} "
             f"(round {self.round_idx}, {len(self.tensors)} tensors)"
         )
+
+
+def rank_of(peer: str, world_size: int) -> int:
+    """Return the rank that the peer id ``peer`` names in a world of ``world_size`` ranks.
+
+    Raises
+    ------
+    TransportError
+        If ``peer`` is not the decimal id of a rank in ``0 .. world_size - 1``.
+
+    """
+    if not (isinstance(peer, str) and peer.isdecimal() and int(peer) < world_size):
+        raise TransportError(f"no rank {peer!r:.40} (world size {world_size})")
+    return int(peer)

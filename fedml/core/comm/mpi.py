@@ -14,7 +14,7 @@ import numpy as np
 
 from fedml.core.comm.base import ClosingContext, require
 from fedml.core.comm.codec import DEFAULT_MAX_BYTES, decode, encode
-from fedml.core.comm.message import Message
+from fedml.core.comm.message import Message, rank_of
 from fedml.errors import TransportError
 
 TAG = 0xFED
@@ -57,19 +57,19 @@ class MPITransport(ClosingContext):
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank = int(self.comm.Get_rank())
         self.world_size = int(self.comm.Get_size())
+        self.address = str(self.rank)
         self.timeout = timeout
         self.max_bytes = min(max_bytes, _MAX_MPI_COUNT)
         self.poll_interval = poll_interval
 
     def send(self, message: Message) -> None:
         """Send ``message`` to rank ``message.receiver``; waits until the buffer is handed over."""
-        if not 0 <= message.receiver < self.world_size:
-            raise TransportError(f"no MPI rank {message.receiver} (world size {self.world_size})")
+        dest = rank_of(message.receiver, self.world_size)
         data = encode(message)
         if len(data) > self.max_bytes:
             raise TransportError(f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes")
         buffer = np.frombuffer(data, dtype=np.uint8)
-        request = self.comm.Isend([buffer, self.MPI.BYTE], dest=message.receiver, tag=TAG)
+        request = self.comm.Isend([buffer, self.MPI.BYTE], dest=dest, tag=TAG)
         self._wait(
             request.Test,
             f"rank {self.rank}: sending {message.kind.name} to rank {message.receiver} did not complete",

@@ -28,8 +28,8 @@ def tensors(draw):
 messages = st.builds(
     Message,
     kind=st.sampled_from(MessageKind),
-    sender=st.integers(-1, 2**31),
-    receiver=st.integers(-1, 2**31),
+    sender=st.text(min_size=1, max_size=20),
+    receiver=st.text(min_size=1, max_size=20),
     round_idx=st.integers(-1, 10**6),
     metadata=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
     tensors=st.dictionaries(st.text(max_size=12), tensors(), max_size=4),
@@ -39,8 +39,8 @@ messages = st.builds(
 def valid_message():
     return Message(
         MessageKind.CLIENT_UPDATE,
-        sender=2,
-        receiver=0,
+        sender="2",
+        receiver="0",
         round_idx=3,
         metadata={"clients": [1, 4], "loss": 0.5},
         tensors={"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "n": torch.tensor(7)},
@@ -68,7 +68,7 @@ def test_round_trip_preserves_every_field_and_tensor(message):
 def test_non_contiguous_and_bfloat16_tensors_round_trip():
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
     b = torch.tensor([1.5, -2.0], dtype=torch.bfloat16)
-    out = decode(encode(Message(MessageKind.SYNC_MODEL, 0, 1, tensors={"t": t, "b": b}))).tensors
+    out = decode(encode(Message(MessageKind.SYNC_MODEL, "0", "1", tensors={"t": t, "b": b}))).tensors
     assert torch.equal(out["t"], t)
     assert torch.equal(out["b"], b)
 
@@ -125,7 +125,7 @@ def test_oversized_message_is_rejected_before_parsing():
 def test_other_protocol_version_is_rejected():
     encoded = bytearray(encode(valid_message()))
     struct.pack_into("<H", encoded, len(MAGIC), PROTOCOL_VERSION + 1)
-    with pytest.raises(ProtocolError, match="protocol version 2 is not supported"):
+    with pytest.raises(ProtocolError, match=f"protocol version {PROTOCOL_VERSION + 1} is not supported"):
         decode(bytes(encoded))
 
 
@@ -138,29 +138,34 @@ def _with_header(header: bytes, payload: bytes = b"") -> bytes:
     [
         (b"[1]", b"", "must have the keys"),
         (
-            b'{"kind":9,"sender":0,"receiver":1,"round":0,"metadata":{},"tensors":[]}',
+            b'{"kind":9,"sender":"0","receiver":"1","round":0,"metadata":{},"tensors":[]}',
             b"",
             "unknown message kind 9",
         ),
         (
-            b'{"kind":1,"sender":"0","receiver":1,"round":0,"metadata":{},"tensors":[]}',
+            b'{"kind":1,"sender":0,"receiver":"1","round":0,"metadata":{},"tensors":[]}',
             b"",
-            "'sender' must be an integer",
+            "'sender' must be a peer id of 1 to 128 characters",
         ),
         (
-            b'{"kind":1,"sender":0,"receiver":1,"round":0,"metadata":{},'
+            b'{"kind":1,"sender":"0","receiver":"","round":0,"metadata":{},"tensors":[]}',
+            b"",
+            "'receiver' must be a peer id",
+        ),
+        (
+            b'{"kind":1,"sender":"0","receiver":"1","round":0,"metadata":{},'
             b'"tensors":[{"name":"x","dtype":"object","shape":[1]}]}',
             b"\0" * 8,
             "dtype 'object' is not one of",
         ),
         (
-            b'{"kind":1,"sender":0,"receiver":1,"round":0,"metadata":{},'
+            b'{"kind":1,"sender":"0","receiver":"1","round":0,"metadata":{},'
             b'"tensors":[{"name":"x","dtype":"float32","shape":[1000000000000]}]}',
             b"\0" * 8,
             "needs 4000000000000 bytes",
         ),
         (
-            b'{"kind":1,"sender":0,"receiver":1,"round":0,"metadata":{},'
+            b'{"kind":1,"sender":"0","receiver":"1","round":0,"metadata":{},'
             b'"tensors":[{"name":"x","dtype":"float32","shape":[1]}]}',
             b"\0" * 8,
             "4 payload bytes are not claimed",
@@ -175,6 +180,6 @@ def test_malformed_headers_are_named(header, payload, match):
 
 def test_unsendable_metadata_and_dtypes_raise_protocol_error():
     with pytest.raises(ProtocolError, match="not JSON-able"):
-        encode(Message(MessageKind.INIT, 0, 1, metadata={"x": object()}))
+        encode(Message(MessageKind.INIT, "0", "1", metadata={"x": object()}))
     with pytest.raises(ProtocolError, match="cannot be sent"):
-        encode(Message(MessageKind.INIT, 0, 1, tensors={"c": torch.zeros(2, dtype=torch.complex64)}))
+        encode(Message(MessageKind.INIT, "0", "1", tensors={"c": torch.zeros(2, dtype=torch.complex64)}))

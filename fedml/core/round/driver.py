@@ -1,0 +1,213 @@
+"""``FederatedRound``: the one loop that runs every round of every backend.
+
+Each round it samples clients (seeded), asks the backend to train them from the global state, passes the
+results through the server steps, applies the algorithm's server rule, evaluates, tracks and
+checkpoints. Where the clients train (this process, MPI workers, NCCL ranks, remote peers) is the
+backend's business; how the results are checked and combined is the same everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fedml.core.aggregation import finite_states
+from fedml.core.algorithms import Algorithm, RoundContext, RoundResults, SummedUpdate, Update
+from fedml.core.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from fedml.core.round.backend import Backend, RoundTask
+from fedml.core.sampling import sample_clients
+from fedml.core.steps import Steps, build_steps, check_compatibility
+from fedml.errors import AggregationError
+from fedml.tracking import RunResult, RunTracker, progress
+
+if TYPE_CHECKING:
+    from fedml.data import ClientData
+    from fedml.ml import ClientTrainer, ServerAggregator
+
+
+class FederatedRound:
+    """Runs all rounds of one run on the server side over any ``Backend``.
+
+    Parameters
+    ----------
+    args
+        The run's arguments.
+    device
+        Where the global model is evaluated.
+    test_data
+        The global test set the server evaluates on; ``None`` when the server has none.
+    algorithm
+        The federated optimizer; its ``server_update`` turns a round's results into the next state.
+    trainer, aggregator
+        Handed to the algorithm through the round context.
+    steps
+        The run's client and server chains; built from ``args`` when omitted.
+
+    """
+
+    def __init__(
+        self,
+        args: Any,
+        device: torch.device,
+        test_data: ClientData | None,
+        algorithm: Algorithm,
+        trainer: ClientTrainer,
+        aggregator: ServerAggregator,
+        steps: Steps | None = None,
+    ) -> None:
+        self.args = args
+        self.device = device
+        self.test_data = test_data
+        self.algorithm = algorithm
+        self.trainer = trainer
+        self.aggregator = aggregator
+        self.steps = steps if steps is not None else build_steps(args)
+        self.tracker = RunTracker(args)
+        self.log = self.tracker.log
+        self.first_round = 0
+
+    def run(self, backend: Backend) -> RunResult:
+        """Run every round still to run on ``backend``; tell it the outcome and return the result.
+
+        Raises
+        ------
+        NotSupportedError
+            Before anything starts, if a step or the algorithm cannot work on this backend.
+
+        """
+        check_compatibility(self.steps, self.algorithm, backend.name, presummed=backend.presummed)
+        try:
+            state = self.start()
+            backend.open()
+            for round_idx in progress(range(self.first_round, self.args.comm_round), "rounds"):
+                task = self.task(round_idx, state, backend)
+                state = self.finish(round_idx, state, backend.train(task))
+            result = self.result()
+        except BaseException as exc:
+            self.tracker.fail(exc)
+            backend.close(None, exc)
+            raise
+        backend.close(result, None)
+        return result
+
+    def start(self) -> dict[str, torch.Tensor]:
+        """Log the header and the steps and return the initial global state (from ``resume_from`` if set).
+
+        After a resume, ``first_round`` is the index of the first round still to run.
+        """
+        self.tracker.start(self.args.client_num_in_total)
+        for step in self.steps.all():
+            self.log.info("%s", step.describe())
+        if self.args.resume_from:
+            checkpoint = load_checkpoint(self.args.resume_from)
+            self.aggregator.set_model_params(checkpoint.model_state)
+            if checkpoint.algorithm_state:
+                self.algorithm.load_state_dict(checkpoint.algorithm_state)
+            self.first_round = checkpoint.rounds_done
+            self.log.info("Resumed from %s after round %d", self.args.resume_from, self.first_round)
+        return self.aggregator.get_model_params()
+
+    def task(self, round_idx: int, state: dict[str, torch.Tensor], backend: Backend) -> RoundTask:
+        """Return round ``round_idx``'s work: the sampled clients with their payloads, from ``state``."""
+        clients = self.clients(
+            round_idx, backend.clients(), backend.selection_size(self.args.client_num_per_round)
+        )
+        payloads = {c: self.algorithm.client_payload(c) for c in clients}
+        return RoundTask(round_idx, state, clients, payloads, self.args.client_num_per_round)
+
+    def clients(self, round_idx: int, candidates: list[int], count: int) -> list[int]:
+        """Return ``count`` of ``candidates`` for round ``round_idx`` (seeded; the same on every backend)."""
+        chosen = sample_clients(self.args.random_seed, round_idx, len(candidates), count)
+        return [candidates[i] for i in chosen]
+
+    def context(self, round_idx: int) -> RoundContext:
+        """Return what the algorithm sees in round ``round_idx``."""
+        return RoundContext(round_idx, self.args, self.device, self.trainer, self.aggregator)
+
+    def checkpoint(self, rounds_done: int) -> None:
+        """Save the global model and the algorithm's state in the run directory's ``checkpoint.pt``."""
+        state_dict = getattr(self.algorithm, "state_dict", None)
+        algorithm_state = state_dict() if state_dict is not None else {}
+        checkpoint = Checkpoint(rounds_done, self.aggregator.get_model_params(), algorithm_state)
+        save_checkpoint(self.tracker.run_dir / CHECKPOINT_FILE, checkpoint)
+
+    def finish(
+        self, round_idx: int, global_state: dict[str, torch.Tensor], results: RoundResults
+    ) -> dict[str, torch.Tensor]:
+        """Turn the round's results into the next global state, then evaluate and checkpoint when due.
+
+        Individual updates with non-finite values or a non-positive weight are dropped with a warning
+        naming the client, so one diverged client does not poison the model; the rest pass through the
+        server steps before the algorithm's server rule.
+
+        Raises
+        ------
+        AggregationError
+            If no usable update is left.
+
+        """
+        ctx = self.context(round_idx)
+        if isinstance(results, SummedUpdate):
+            if results.weight <= 0:
+                raise _diverged(round_idx, None)
+            combined: RoundResults = results
+        else:
+            usable = usable_updates(round_idx, results, self.log)
+            if not usable:
+                raise _diverged(round_idx, len(results))
+            for step in self.steps.server:
+                usable = step.apply(usable, global_state, ctx)
+            combined = usable
+        new_state = self.algorithm.server_update(global_state, combined, ctx)
+        self.aggregator.set_model_params(new_state)
+        if self.test_data is not None and self._evaluates(round_idx):
+            test = self.aggregator.test(self.test_data, self.device, self.args)
+            self.tracker.log_round(round_idx, test, train_loss(combined))
+        frequency = self.args.checkpoint_frequency
+        if frequency and (round_idx + 1) % frequency == 0:
+            self.checkpoint(round_idx + 1)
+        return new_state
+
+    def result(self) -> RunResult:
+        """Save the final checkpoint (with ``save_model``), finish tracking and return the run's result."""
+        if self.args.save_model:
+            self.checkpoint(self.args.comm_round)
+        return self.tracker.finish(self.aggregator.get_model_params())
+
+    def _evaluates(self, round_idx: int) -> bool:
+        last = round_idx == self.args.comm_round - 1
+        return last or (round_idx + 1) % self.args.frequency_of_the_test == 0
+
+
+def usable_updates(round_idx: int, updates: list[Update], log: Any) -> list[Update]:
+    """Return the updates with a positive weight and only finite values; log each one dropped, by client."""
+    usable = []
+    for update, finite in zip(updates, finite_states([u.state for u in updates]), strict=True):
+        if update.weight > 0 and finite:
+            usable.append(update)
+            continue
+        log.warning(
+            "Round %d: dropped the update of client %d (weight %s, non-finite values: %s)",
+            round_idx + 1,
+            update.client_idx,
+            update.weight,
+            not finite,
+        )
+    return usable
+
+
+def train_loss(results: RoundResults) -> float:
+    """Return the sample-weighted mean ``train_loss`` of a round's results (NaN when none reported one)."""
+    if isinstance(results, SummedUpdate):
+        return results.metrics.get("train_loss", float("nan"))
+    weighted = [(u.weight, u.metrics["train_loss"]) for u in results if "train_loss" in u.metrics]
+    total = sum(w for w, _ in weighted)
+    return sum(w * loss for w, loss in weighted) / total if total else float("nan")
+
+
+def _diverged(round_idx: int, count: int | None) -> AggregationError:
+    return AggregationError(
+        f"round {round_idx + 1}: none of the {'' if count is None else f'{count} '}client updates is usable "
+        "(non-finite values or zero weight); training diverged, try a smaller train_args.learning_rate"
+    )

@@ -1,0 +1,631 @@
+"""The round over a ``Transport``: the server's ``RemoteBackend`` and the peer's ``RoundWorker``.
+
+A round is a list of stages. Each stage sends a request to some peers and collects their replies
+until its participation policy says it is complete; ``RemoteBackend.exchange`` is the one loop that
+does this for every stage. Training is one stage (``SYNC_MODEL`` -> ``CLIENT_UPDATE``); a protocol
+with more exchanges (secure aggregation) is more stages through the same ``exchange``.
+
+Peers have string ids and join by sending ``INIT`` with the clients they host and their sample
+counts, at any time; a peer that sends ``INIT`` again has rejoined (its unfinished work is void), and
+one that reports an error is dropped until it rejoins. Replies that are late (an earlier round),
+stale (another stage), duplicated or from a peer that never joined are dropped with one log line each.
+MPI simulation runs this over the MPI transport with ``AllReplies``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fedml.core.algorithms import Update
+from fedml.core.comm import Message, MessageKind, Transport
+from fedml.core.round.backend import LocalBackend, RoundTask
+from fedml.core.round.policy import ParticipationPolicy
+from fedml.errors import FedMLError, ProtocolError, TransportError
+from fedml.tracking import RunResult, role_logger
+
+if TYPE_CHECKING:
+    import logging
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One exchange of a round: the server sends ``request``, each peer answers with ``reply``."""
+
+    name: str
+    request: MessageKind
+    reply: MessageKind
+
+
+TRAIN = Stage("train", MessageKind.SYNC_MODEL, MessageKind.CLIENT_UPDATE)
+"""The training stage: the global state and the clients to train out, their updates back."""
+
+
+@dataclass
+class Peer:
+    """A peer the server knows: the clients it hosts (id -> sample count) and whether it is online."""
+
+    id: str
+    clients: dict[int, int]
+    online: bool = True
+    joins: int = 1
+
+
+@dataclass
+class _Collection:
+    """What one stage has gathered so far."""
+
+    stage: Stage
+    round_idx: int
+    pending: dict[str, int]
+    replies: dict[str, Message] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def replied(self, sizes: Mapping[str, int]) -> int:
+        return sum(sizes[p] for p in self.replies)
+
+
+def assign_clients(
+    clients: Sequence[int],
+    sample_counts: Mapping[int, int] | Sequence[int],
+    workers: Sequence[str],
+    hosts: Mapping[str, Collection[int]] | None = None,
+) -> dict[str, list[int]]:
+    """Split ``clients`` among ``workers`` so their total sample counts are as even as possible.
+
+    Largest clients go first, each to the currently lightest worker that hosts it (``hosts``; every
+    worker hosts every client when omitted; ties: earliest in ``workers``), so the split is
+    deterministic. Every worker gets a (possibly empty) sorted list.
+
+    Raises
+    ------
+    TransportError
+        If there are no workers, or no worker hosts one of the clients.
+
+    Examples
+    --------
+    >>> assign_clients([0, 1, 2, 3], [50, 10, 40, 20], workers=["1", "2"])
+    {'1': [0, 1], '2': [2, 3]}
+
+    """
+    if not workers:
+        raise TransportError("there are no workers to assign clients to")
+    loads = {peer: 0 for peer in workers}
+    shares: dict[str, list[int]] = {peer: [] for peer in workers}
+    order = {peer: position for position, peer in enumerate(workers)}
+    heap = [(0, position, peer) for position, peer in enumerate(workers)]
+    for client in sorted(clients, key=lambda c: (-sample_counts[c], c)):
+        if hosts is None:
+            _, _, peer = heapq.heappop(heap)
+        else:
+            able = [p for p in workers if client in hosts[p]]
+            if not able:
+                raise TransportError(f"no online peer hosts client {client}")
+            peer = min(able, key=lambda p: (loads[p], order[p]))
+        shares[peer].append(client)
+        loads[peer] += sample_counts[client]
+        if hosts is None:
+            heapq.heappush(heap, (loads[peer], order[peer], peer))
+    return {peer: sorted(share) for peer, share in shares.items()}
+
+
+def pack_assignment(
+    state: Mapping[str, torch.Tensor], payloads: Mapping[int, Mapping[str, torch.Tensor]]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Turn a worker's round (the global state, its clients and their payloads) into metadata and tensors.
+
+    Tensors are named ``global/<name>`` and ``payload/<client>/<name>``.
+    """
+    tensors = {f"global/{name}": t for name, t in state.items()}
+    for client, payload in payloads.items():
+        tensors.update({f"payload/{client}/{name}": t for name, t in payload.items()})
+    return {"clients": sorted(payloads)}, tensors
+
+
+def unpack_assignment(
+    message: Message,
+) -> tuple[list[int], dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]]:
+    """Return the clients, the global state and each client's payload of a ``SYNC_MODEL`` message.
+
+    Raises
+    ------
+    ProtocolError
+        If the message does not name its clients as a list of integers.
+
+    """
+    clients = message.metadata.get("clients")
+    if not isinstance(clients, list) or not all(_is_int(c) for c in clients):
+        raise ProtocolError(f"{message.describe()} does not name its clients")
+    state = {k.removeprefix("global/"): t for k, t in message.tensors.items() if k.startswith("global/")}
+    payloads: dict[int, dict[str, torch.Tensor]] = {}
+    for client in clients:
+        prefix = f"payload/{client}/"
+        payloads[client] = {
+            k.removeprefix(prefix): t for k, t in message.tensors.items() if k.startswith(prefix)
+        }
+    return clients, state, payloads
+
+
+def pack_updates(updates: Sequence[Update]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Turn updates into message metadata and tensors (``"<i>/state/<name>"``, ``"<i>/extra/<name>"``)."""
+    metadata = {
+        "updates": [
+            {
+                "client": u.client_idx,
+                "weight": u.weight,
+                "metrics": u.metrics,
+                "names": list(u.state),
+                "extras": list(u.extras),
+            }
+            for u in updates
+        ]
+    }
+    tensors = {f"{i}/state/{name}": t for i, u in enumerate(updates) for name, t in u.state.items()}
+    tensors.update({f"{i}/extra/{name}": t for i, u in enumerate(updates) for name, t in u.extras.items()})
+    return metadata, tensors
+
+
+def unpack_updates(message: Message) -> list[Update]:
+    """Rebuild the updates of a ``CLIENT_UPDATE`` message, checking that it is complete.
+
+    Raises
+    ------
+    ProtocolError
+        If the metadata or tensors do not describe a list of updates.
+
+    """
+    entries = message.metadata.get("updates")
+    if not isinstance(entries, list):
+        raise ProtocolError(f"{message.describe()} has no list of updates")
+    updates = []
+    for i, entry in enumerate(entries):
+        try:
+            state = {name: message.tensors[f"{i}/state/{name}"] for name in entry["names"]}
+            extras = {name: message.tensors[f"{i}/extra/{name}"] for name in entry["extras"]}
+            updates.append(
+                Update(int(entry["client"]), float(entry["weight"]), state, dict(entry["metrics"]), extras)
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"{message.describe()}: update {i} is incomplete ({exc!r})") from exc
+    return updates
+
+
+def hosted_clients(message: Message) -> dict[int, int]:
+    """Return the clients an ``INIT`` message announces, with their sample counts.
+
+    ``sample_counts`` lists one count per client; ``clients`` names them (default ``0 .. n - 1``, a
+    simulation worker that can train every client).
+
+    Raises
+    ------
+    ProtocolError
+        If the lists are missing, of different lengths, or not integers.
+
+    """
+    counts = message.metadata.get("sample_counts")
+    clients = message.metadata.get("clients", list(range(len(counts)) if isinstance(counts, list) else []))
+    if (
+        not isinstance(counts, list)
+        or not isinstance(clients, list)
+        or len(counts) != len(clients)
+        or not all(_is_int(v) and v >= 0 for v in [*counts, *clients])
+    ):
+        raise ProtocolError(f"{message.describe()} does not list its clients and their sample counts")
+    return dict(zip(clients, counts, strict=True))
+
+
+class RemoteBackend:
+    """The server's side of training on remote peers over ``transport``.
+
+    Parameters
+    ----------
+    transport
+        Connects the server to its peers.
+    policy
+        When a stage is complete (and how many clients a round selects).
+    name
+        The ``comm_args.backend`` name, for messages.
+    expected_peers
+        Peers that must all have joined before round 1 (MPI: every worker rank); ``None`` for none.
+    min_peers
+        With no ``expected_peers``: how many peers must have joined before round 1.
+    join_timeout
+        Seconds to wait for them.
+    client_num
+        Every process must load the same number of clients; a peer announcing another is refused.
+    log
+        The server's logger.
+
+    """
+
+    presummed = False
+
+    def __init__(
+        self,
+        transport: Transport,
+        policy: ParticipationPolicy,
+        name: str,
+        *,
+        expected_peers: Sequence[str] | None = None,
+        min_peers: int = 1,
+        join_timeout: float = 300.0,
+        client_num: int | None = None,
+        log: logging.LoggerAdapter | None = None,
+    ) -> None:
+        self.transport = transport
+        self.policy = policy
+        self.name = name
+        self.expected = list(expected_peers or [])
+        self.min_peers = len(self.expected) or min_peers
+        self.join_timeout = join_timeout
+        self.client_num = client_num
+        self.log = log or role_logger("Server", 0)
+        self.peers: dict[str, Peer] = {}
+
+    def open(self) -> None:
+        """Wait until the expected peers (or ``min_peers`` peers) have joined.
+
+        Raises
+        ------
+        TransportError
+            Naming the peers still missing when ``join_timeout`` passes.
+
+        """
+        deadline = time.monotonic() + self.join_timeout
+
+        def joined() -> bool:
+            online = {p for p, peer in self.peers.items() if peer.online}
+            return set(self.expected) <= online if self.expected else len(online) >= self.min_peers
+
+        while not joined():
+            message = self._next(deadline)
+            if message is None:
+                missing = sorted(set(self.expected) - set(self.peers)) if self.expected else []
+                raise TransportError(
+                    f"{len(self.peers)} peer(s) joined within {self.join_timeout} s, {self.min_peers} needed"
+                    + (f"; missing {missing}" if missing else "")
+                    + " (comm_args.timeout); did every process start?"
+                )
+            self._handle(message, None)
+        self.log.info("%d peers connected", len([p for p in self.peers.values() if p.online]))
+
+    def clients(self) -> list[int]:
+        """Return the clients hosted by online peers (after reading any joins that have arrived)."""
+        self._drain()
+        return sorted({c for peer in self.peers.values() if peer.online for c in peer.clients})
+
+    def selection_size(self, wanted: int) -> int:
+        """Return the policy's selection size for ``wanted`` results."""
+        return self.policy.selection_size(wanted)
+
+    def train(self, task: RoundTask) -> list[Update]:
+        """Send each online peer its share of the task's clients; return the updates the policy accepts.
+
+        Raises
+        ------
+        TransportError
+            If fewer replies than the policy requires arrive by its deadline.
+
+        """
+        online = sorted((p for p, peer in self.peers.items() if peer.online), key=peer_order)
+        counts = {c: n for p in online for c, n in self.peers[p].clients.items()}
+        hosts = {p: self.peers[p].clients.keys() for p in online}
+        shares = assign_clients(task.clients, counts, online, hosts)
+        requests = {
+            peer: pack_assignment(task.global_state, {c: task.payloads.get(c, {}) for c in share})
+            for peer, share in shares.items()
+            if share
+        }
+        sizes = {peer: len(shares[peer]) for peer in requests}
+        replies = self.exchange(TRAIN, task.round_idx, requests, sizes, task.wanted)
+        updates: list[Update] = []
+        for message in replies.values():
+            updates.extend(unpack_updates(message))
+        return sorted(updates, key=lambda u: u.client_idx)
+
+    def exchange(
+        self,
+        stage: Stage,
+        round_idx: int,
+        requests: Mapping[str, tuple[dict[str, Any], dict[str, torch.Tensor]]],
+        sizes: Mapping[str, int],
+        wanted: int,
+    ) -> dict[str, Message]:
+        """Send every peer its request of ``stage`` and return the replies, as the policy decides.
+
+        Parameters
+        ----------
+        stage
+            The exchange.
+        round_idx
+            The round it belongs to.
+        requests
+            Peer id -> (metadata, tensors) of its request.
+        sizes
+            Peer id -> how many clients its reply stands for.
+        wanted
+            How many client results the stage needs.
+
+        Raises
+        ------
+        TransportError
+            If fewer replies than the policy requires arrive by its deadline.
+
+        """
+        policy = self.policy
+        selected = sum(sizes.values())
+        target, required = policy.target(wanted, selected), policy.required(wanted, selected)
+        collection = _Collection(stage, round_idx, dict(sizes))
+        server = self.transport.address
+        for peer, (metadata, tensors) in requests.items():
+            try:
+                self.transport.send(Message(stage.request, server, peer, round_idx, metadata, tensors))
+            except TransportError as exc:
+                self._fail(collection, peer, f"could not send {stage.request.name}: {exc}")
+        deadline = time.monotonic() + policy.timeout
+        while collection.pending and collection.replied(sizes) < target:
+            message = self._next(deadline)
+            if message is None:
+                break
+            self._handle(message, collection)
+        replied = collection.replied(sizes)
+        if replied < required:
+            raise TransportError(self._shortfall(collection, replied, selected, required))
+        late = sorted(collection.pending)
+        if late:
+            self.log.warning(
+                "Round %d: %s goes on with %d of %d clients; no %s from peer(s) %s within %s s",
+                round_idx + 1,
+                stage.name,
+                replied,
+                selected,
+                stage.reply.name,
+                late,
+                policy.timeout,
+            )
+        return collection.replies
+
+    def close(self, result: RunResult | None, error: BaseException | None) -> None:
+        """Tell every online peer to stop, with the run's result or the error."""
+        metadata: dict[str, Any] = {"error": f"{type(error).__name__}: {error}"}
+        state: dict[str, torch.Tensor] = {}
+        if result is not None:
+            metadata = {
+                "final_metrics": result.final_metrics,
+                "history": result.history,
+                "run_dir": str(result.run_dir),
+            }
+            state = result.model_state
+        for peer_id, peer in self.peers.items():
+            if not peer.online:
+                continue
+            try:
+                self.transport.send(
+                    Message(MessageKind.FINISH, self.transport.address, peer_id, -1, metadata, state)
+                )
+            except TransportError as exc:
+                self.log.warning("Could not tell peer %s to stop: %s", peer_id, exc)
+
+    def _next(self, deadline: float) -> Message | None:
+        """Return the next well-formed message, or ``None`` once ``deadline`` has passed."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                return self.transport.receive(remaining)
+            except ProtocolError as exc:
+                self.log.warning("Ignored a malformed message: %s", exc)
+            except TransportError:
+                if time.monotonic() >= deadline:
+                    return None
+                raise
+
+    def _drain(self) -> None:
+        """Handle the messages that have already arrived (joins between rounds), without waiting."""
+        while True:
+            try:
+                message = self.transport.receive(0)
+            except ProtocolError as exc:
+                self.log.warning("Ignored a malformed message: %s", exc)
+                continue
+            except TransportError:
+                return
+            self._handle(message, None)
+
+    def _handle(self, message: Message, collection: _Collection | None) -> None:
+        sender = message.sender
+        if message.kind == MessageKind.INIT:
+            self._join(message)
+            if collection is not None and sender in collection.pending:
+                self._fail(collection, sender, "rejoined, so its work for this stage is lost")
+            return
+        if sender not in self.peers:
+            self.log.warning(
+                "Ignored a message from peer %s, which has not joined: %s", sender, message.describe()
+            )
+            return
+        if message.kind == MessageKind.ERROR:
+            reason = str(message.metadata.get("error"))
+            if collection is not None and sender in collection.pending:
+                self._fail(collection, sender, f"failed: {reason}")
+            else:
+                self.peers[sender].online = False
+                self.log.warning("Peer %s failed and is dropped until it rejoins: %s", sender, reason)
+            return
+        if (
+            collection is None
+            or message.kind != collection.stage.reply
+            or message.round_idx != collection.round_idx
+        ):
+            self.log.warning("Dropped a late or stale message: %s", message.describe())
+            return
+        if sender in collection.replies:
+            self.log.warning("Dropped a duplicate reply: %s", message.describe())
+            return
+        if sender not in collection.pending:
+            self.log.warning(
+                "Dropped a reply from peer %s, which was not asked: %s", sender, message.describe()
+            )
+            return
+        del collection.pending[sender]
+        collection.replies[sender] = message
+        self.peers[sender].online = True
+
+    def _join(self, message: Message) -> None:
+        clients = hosted_clients(message)
+        announced = message.metadata.get("client_num")
+        if self.client_num is not None and announced is not None and announced != self.client_num:
+            raise ProtocolError(
+                f"peer {message.sender} has {announced} clients, the server {self.client_num}: every "
+                "process must load the same configuration"
+            )
+        known = self.peers.get(message.sender)
+        if known is None:
+            self.peers[message.sender] = Peer(message.sender, clients)
+            self.log.debug("Peer %s joined with %d clients", message.sender, len(clients))
+            return
+        known.clients, known.online, known.joins = clients, True, known.joins + 1
+        self.log.info("Peer %s rejoined", message.sender)
+
+    def _fail(self, collection: _Collection, peer: str, reason: str) -> None:
+        collection.pending.pop(peer, None)
+        collection.failures[peer] = reason
+        if peer in self.peers and not reason.startswith("rejoined"):
+            self.peers[peer].online = False
+        self.log.warning("Round %d: peer %s %s", collection.round_idx + 1, peer, reason)
+
+    def _shortfall(self, collection: _Collection, replied: int, selected: int, required: int) -> str:
+        stage, round_idx = collection.stage, collection.round_idx
+        parts = [
+            f"round {round_idx + 1}: {stage.name}: {replied} of {selected} clients replied, {required} needed"
+        ]
+        parts += [f"peer {peer} {reason}" for peer, reason in sorted(collection.failures.items())]
+        if collection.pending:
+            parts.append(
+                f"no {stage.reply.name} from peer(s) {sorted(collection.pending)} within "
+                f"{self.policy.timeout} s (comm_args.timeout); a peer process probably died or hangs"
+            )
+        return "; ".join(parts)
+
+
+Handler = Callable[[Message], tuple[MessageKind, dict[str, Any], dict[str, torch.Tensor]]]
+"""Answers one request kind: ``handler(message) -> (reply kind, metadata, tensors)``."""
+
+
+class RoundWorker:
+    """A peer: joins, then answers the server's requests until it says ``FINISH``.
+
+    Parameters
+    ----------
+    transport
+        Connects this process to the server.
+    backend
+        Trains the clients the server assigns (the same in-process backend ``sp`` uses).
+    sample_counts
+        Client id -> sample count of every client this peer hosts (announced when it joins).
+    timeout
+        Seconds to wait for the server's next message.
+    server
+        The server's peer id.
+
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        backend: LocalBackend,
+        sample_counts: Mapping[int, int],
+        timeout: float,
+        server: str = "0",
+    ) -> None:
+        self.transport = transport
+        self.backend = backend
+        self.sample_counts = dict(sample_counts)
+        self.timeout = timeout
+        self.server = server
+        self.log = role_logger("Client", transport.rank)
+        self.handlers: dict[MessageKind, Handler] = {TRAIN.request: self.train}
+
+    def join(self) -> None:
+        """Announce this peer, its clients and their sample counts to the server."""
+        clients = sorted(self.sample_counts)
+        metadata = {
+            "client_num": self.backend.client_num,
+            "clients": clients,
+            "sample_counts": [self.sample_counts[c] for c in clients],
+        }
+        self.transport.send(Message(MessageKind.INIT, self.transport.address, self.server, -1, metadata))
+
+    def run(self) -> RunResult:
+        """Join, serve requests until ``FINISH``; return the run's result as the server reported it."""
+        self.join()
+        while True:
+            try:
+                message = self.transport.receive(self.timeout)
+            except ProtocolError as exc:
+                self.log.warning("Ignored a malformed message: %s", exc)
+                continue
+            if message.sender != self.server:
+                self.log.warning("Ignored a message that is not from the server: %s", message.describe())
+                continue
+            if message.kind == MessageKind.FINISH:
+                return self._result(message)
+            handler = self.handlers.get(message.kind)
+            if handler is None:
+                self.log.warning("Ignored an unexpected message: %s", message.describe())
+                continue
+            try:
+                kind, metadata, tensors = handler(message)
+            except Exception as exc:
+                self.transport.send(
+                    Message(
+                        MessageKind.ERROR,
+                        self.transport.address,
+                        self.server,
+                        message.round_idx,
+                        {"error": repr(exc)},
+                    )
+                )
+                raise
+            self.transport.send(
+                Message(kind, self.transport.address, self.server, message.round_idx, metadata, tensors)
+            )
+
+    def train(self, message: Message) -> tuple[MessageKind, dict[str, Any], dict[str, torch.Tensor]]:
+        """Train the clients named in a ``SYNC_MODEL`` message from the state it carries."""
+        clients, state, payloads = unpack_assignment(message)
+        self.log.debug("Round %d: training clients %s", message.round_idx + 1, clients)
+        task = RoundTask(message.round_idx, state, clients, payloads, len(clients))
+        metadata, tensors = pack_updates(self.backend.train(task))
+        return TRAIN.reply, metadata, tensors
+
+    def _result(self, message: Message) -> RunResult:
+        if "error" in message.metadata:
+            raise FedMLError(f"the server ended the run: {message.metadata['error']}")
+        meta = message.metadata
+        self.log.info("Finished; the server saved the run in %s", meta.get("run_dir"))
+        return RunResult(
+            dict(meta.get("final_metrics", {})),
+            list(meta.get("history", [])),
+            Path(meta.get("run_dir", ".")),
+            message.tensors,
+        )
+
+
+def peer_order(peer: str) -> tuple[int, int, str]:
+    """Sort key of peer ids: ranks numerically (``"2"`` before ``"10"``), then names.
+
+    The split of clients among peers follows this order, never the order in which they joined.
+    """
+    return (0, int(peer), "") if peer.isdecimal() else (1, 0, peer)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
