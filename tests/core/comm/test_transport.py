@@ -45,9 +45,9 @@ def test_receive_times_out_with_a_transport_error():
 
 def test_sending_to_an_unknown_rank_fails():
     endpoint = LocalHub(2).endpoint(0)
-    with pytest.raises(TransportError, match=r"no rank '5' \(world size 2\)"):
+    with pytest.raises(TransportError, match=r"no endpoint '5' on this hub \(world size 2\)"):
         endpoint.send(Message(MessageKind.INIT, "0", "5"))
-    with pytest.raises(TransportError, match="no rank 'silo-a'"):
+    with pytest.raises(TransportError, match="no endpoint 'silo-a'"):
         endpoint.send(Message(MessageKind.INIT, "0", "silo-a"))
 
 
