@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from fedml.core.registry import Registry
 from fedml.errors import NotSupportedError
 
 if TYPE_CHECKING:
@@ -27,17 +28,21 @@ class Runner(Protocol):
 RunnerFactory = Callable[..., Runner]
 """Called as ``factory(args, device, dataset, model, client_trainer=..., server_aggregator=...)``."""
 
-_RUNNERS: dict[tuple[str, str], RunnerFactory] = {}
+RUNNERS: Registry[RunnerFactory] = Registry("runner", key="common_args.training_type/comm_args.backend")
+"""Runners by ``"<training_type>/<backend>"``."""
 
 
-def register_runner(training_type: str, backend: str, factory: RunnerFactory) -> None:
-    """Make ``factory`` the runner for ``common_args.training_type`` and ``comm_args.backend``."""
-    _RUNNERS[(training_type, backend)] = factory
+def register_runner(training_type: str, backend: str, factory: RunnerFactory | str) -> None:
+    """Make ``factory`` the runner for ``common_args.training_type`` and ``comm_args.backend``.
+
+    ``factory`` may be ``"module:attribute"``, imported on first use.
+    """
+    RUNNERS.register(f"{training_type}/{backend}", factory)
 
 
 def available_runners() -> list[tuple[str, str]]:
     """Return the ``(training_type, backend)`` pairs that can run."""
-    return sorted(_RUNNERS)
+    return [(pair.split("/")[0], pair.split("/")[1]) for pair in RUNNERS.names()]
 
 
 class FedMLRunner:
@@ -73,13 +78,13 @@ class FedMLRunner:
         server_aggregator: ServerAggregator | None = None,
     ) -> None:
         key = (args.training_type, args.backend)
-        if key not in _RUNNERS:
+        if f"{key[0]}/{key[1]}" not in RUNNERS:
             built = ", ".join(f"{t}/{b}" for t, b in available_runners())
             raise NotSupportedError(
                 f"training_type {key[0]!r} with comm_args.backend {key[1]!r} is not available yet; "
                 f"available: {built}"
             )
-        self.runner = _RUNNERS[key](
+        self.runner = RUNNERS.get(f"{key[0]}/{key[1]}")(
             args, device, dataset, model, client_trainer=client_trainer, server_aggregator=server_aggregator
         )
 
@@ -88,24 +93,6 @@ class FedMLRunner:
         return self.runner.run()
 
 
-def _sp_simulator(*args: Any, **kwargs: Any) -> Runner:
-    from fedml.simulation.sp import SPSimulator
-
-    return SPSimulator(*args, **kwargs)
-
-
-def _mpi_simulator(*args: Any, **kwargs: Any) -> Runner:
-    from fedml.simulation.mpi import MPISimulator
-
-    return MPISimulator(*args, **kwargs)
-
-
-def _nccl_simulator(*args: Any, **kwargs: Any) -> Runner:
-    from fedml.simulation.nccl import NCCLSimulator
-
-    return NCCLSimulator(*args, **kwargs)
-
-
-register_runner("simulation", "sp", _sp_simulator)
-register_runner("simulation", "MPI", _mpi_simulator)
-register_runner("simulation", "NCCL", _nccl_simulator)
+register_runner("simulation", "sp", "fedml.simulation.sp:SPSimulator")
+register_runner("simulation", "MPI", "fedml.simulation.mpi:MPISimulator")
+register_runner("simulation", "NCCL", "fedml.simulation.nccl:NCCLSimulator")

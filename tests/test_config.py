@@ -154,3 +154,35 @@ def test_to_dict_round_trips_every_section(tmp_path):
     path = write(tmp_path, yaml.safe_dump(args.to_dict()))
     assert isinstance(load_arguments(path), Arguments)
     assert load_arguments(path).comm_round == 9
+
+
+def test_a_components_keys_and_defaults_come_from_its_settings_model(monkeypatch):
+    from pydantic import Field
+
+    from fedml.config.sections import ComponentSettings
+    from fedml.core.algorithms import ALGORITHMS, FedAvg, register_algorithm
+    from fedml.core.algorithms.fedprox import FedProxSettings
+
+    assert load_arguments().fedprox_mu == FedProxSettings.model_fields["fedprox_mu"].default
+
+    class SlowAvgSettings(ComponentSettings):
+        section = "train_args"
+        slow_factor: float = Field(0.5, gt=0, le=1)
+
+    monkeypatch.setattr(ALGORITHMS, "_entries", dict(ALGORITHMS._entries))
+    monkeypatch.setattr(ALGORITHMS, "_settings", dict(ALGORITHMS._settings))
+    register_algorithm("SlowAvg", FedAvg, SlowAvgSettings)
+    args = load_arguments(overrides={"federated_optimizer": "SlowAvg"})
+    assert args.slow_factor == 0.5
+    assert args.train_args.slow_factor == 0.5
+    with pytest.raises(
+        ConfigError, match=r"train_args\.slow_factor: Input should be less than or equal to 1"
+    ):
+        load_arguments(overrides={"slow_factor": 3})
+
+
+def test_an_unknown_optimizer_is_named_with_the_closest_one():
+    with pytest.raises(ConfigError, match=r"train_args\.federated_optimizer: unknown optimizer 'FedAdam'"):
+        load_arguments(overrides={"federated_optimizer": "FedAdam"})
+    with pytest.raises(ConfigError, match="did you mean FedProx"):
+        load_arguments(overrides={"federated_optimizer": "fedprox"})

@@ -1,8 +1,10 @@
 """Configuration: YAML file + command line -> one validated ``Arguments`` object with flat attribute access.
 
-Each YAML section is a pydantic model with its defaults on the model and unknown keys forbidden.
-Every problem in a file is collected and reported together, each with the file, the dotted key and,
-where one is close, the key that was probably meant.
+Each YAML section is a pydantic model with its defaults on the model and unknown keys forbidden; a
+section's model is its core keys plus the keys that registered components (algorithms, steps,
+datasets) declare for it (``fedml.config.sections.compose``). Every problem in a file is collected
+and reported together, each with the file, the dotted key and, where one is close, the key that was
+probably meant.
 
 Examples
 --------
@@ -15,26 +17,80 @@ Examples
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from fedml.config.sections import BACKENDS, SECTIONS, _Section
+from fedml.config.sections import BACKENDS, ComponentSettings, Section, compose
+from fedml.core.registry import suggest
 from fedml.errors import ConfigError
 
-_SECTIONS_OF: dict[str, list[str]] = {}
-for _name, _model in SECTIONS.items():
-    for _key in _model.model_fields:
-        _SECTIONS_OF.setdefault(_key, []).append(_name)
-_SECTION_OF: dict[str, str] = {key: names[0] for key, names in _SECTIONS_OF.items()}
-"""Key -> the first section holding it. A key in several sections (``byzantine_client_num`` is in
-``defense_args`` and ``attack_args``, as in FedML) is ambiguous to read flat (an error names the
-sections) and written to all of them by a flat write or override."""
+
+class _Schema(Mapping[str, type[Section]]):
+    """Section name -> model, composed on first use from the core sections and the registries' settings.
+
+    Composition waits until a configuration is read, so that every component module has registered,
+    and happens again when a component registers later.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, type[Section]] = {}
+        self._components: list[type[ComponentSettings]] | None = None
+        self._sections_of: dict[str, list[str]] = {}
+
+    def models(self) -> dict[str, type[Section]]:
+        """Return the composed models, composing again if a component has registered since."""
+        components = component_settings()
+        if components != self._components:
+            self._components = components
+            self._models = compose(components)
+            self._sections_of = {}
+            for name, model in self._models.items():
+                for key in model.model_fields:
+                    self._sections_of.setdefault(key, []).append(name)
+        return self._models
+
+    def sections_of(self, key: str) -> list[str]:
+        """Return the sections holding ``key`` (several for ``byzantine_client_num``)."""
+        self.models()
+        return self._sections_of.get(key, [])
+
+    def keys_to_sections(self) -> dict[str, list[str]]:
+        """Return every key with the sections holding it."""
+        self.models()
+        return self._sections_of
+
+    def __getitem__(self, name: str) -> type[Section]:
+        return self.models()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.models())
+
+    def __len__(self) -> int:
+        return len(self.models())
+
+
+def component_settings() -> list[type[ComponentSettings]]:
+    """Return the settings models that the algorithm, step and dataset registries declare."""
+    from fedml.core.algorithms import ALGORITHMS
+    from fedml.core.steps import CLIENT_STEPS, SERVER_STEPS
+    from fedml.data import DATASETS
+
+    return [
+        model
+        for registry in (ALGORITHMS, CLIENT_STEPS, SERVER_STEPS, DATASETS)
+        for model in registry.settings_models()
+    ]
+
+
+SECTIONS = _Schema()
+"""YAML section name -> the model that validates it. A key in several sections
+(``byzantine_client_num`` is in ``defense_args`` and ``attack_args``, as in FedML) is ambiguous to read
+flat (an error names the sections) and written to all of them by a flat write or override."""
 
 
 class Arguments:
@@ -47,7 +103,7 @@ class Arguments:
 
     def __init__(
         self,
-        sections: Mapping[str, _Section],
+        sections: Mapping[str, Section],
         *,
         config_file: str | None = None,
         rank: int = 0,
@@ -64,19 +120,22 @@ class Arguments:
         sections = object.__getattribute__(self, "_sections")
         if name in sections:
             return sections[name]
-        if name in _SECTION_OF:
-            homes = _SECTIONS_OF[name]
+        homes = SECTIONS.sections_of(name)
+        if homes:
             if len(homes) > 1:
                 raise ConfigError(
                     f"{name} is a setting of {' and of '.join(homes)}, which may differ: read "
                     + " or ".join(f"args.{home}.{name}" for home in homes)
                 )
             return getattr(sections[homes[0]], name)
-        raise AttributeError(f"'Arguments' has no attribute {name!r}{_suggest(name, _SECTION_OF)}")
+        raise AttributeError(
+            f"'Arguments' has no attribute {name!r}{_suggest(name, SECTIONS.keys_to_sections())}"
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SECTIONS_OF:
-            for section in _SECTIONS_OF[name]:
+        homes = SECTIONS.sections_of(name)
+        if homes:
+            for section in homes:
                 try:
                     setattr(self._sections[section], name, value)
                 except ValidationError as exc:
@@ -134,13 +193,13 @@ def load_arguments(
     }
     for key, value in (overrides or {}).items():
         section, _, field = key.rpartition(".")
-        targets = [section] if section else _SECTIONS_OF.get(field, [])
+        targets = [section] if section else SECTIONS.sections_of(field)
         if not targets or any(t not in SECTIONS or field not in SECTIONS[t].model_fields for t in targets):
-            errors.append((key, f"unknown override{_suggest(field, _SECTION_OF)}"))
+            errors.append((key, f"unknown override{_suggest(field, SECTIONS.keys_to_sections())}"))
         for target in targets:
             if target in SECTIONS and field in SECTIONS[target].model_fields:
                 values.setdefault(target, {})[field] = value
-    sections: dict[str, _Section] = {}
+    sections: dict[str, Section] = {}
     for name, model in SECTIONS.items():
         if name not in values:
             continue
@@ -199,13 +258,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _section_errors(name: str, model: type[_Section], exc: ValidationError) -> list[tuple[str, str]]:
+def _section_errors(name: str, model: type[Section], exc: ValidationError) -> list[tuple[str, str]]:
     found = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
             field = str(err["loc"][-1])
-            home = _SECTION_OF.get(field)
+            home = next(iter(SECTIONS.sections_of(field)), None)
             hint = f"; it belongs in {home}" if home else _suggest(field, model.model_fields)
             found.append((f"{name}.{key}", f"unknown key{hint}"))
         else:
@@ -213,13 +272,11 @@ def _section_errors(name: str, model: type[_Section], exc: ValidationError) -> l
     return found
 
 
-def _cross_checks(sections: Mapping[str, _Section]) -> list[tuple[str, str]]:
-    from fedml.core.algorithms import algorithm_names
-    from fedml.core.algorithms.fedopt import SERVER_OPTIMIZERS
-    from fedml.core.attacks import ATTACK_TYPES, BYZANTINE_MODES
-    from fedml.core.robust import aggregation_rule_names
-    from fedml.data import dataset_names, partition_methods
-    from fedml.model import model_names
+def _cross_checks(sections: Mapping[str, Section]) -> list[tuple[str, str]]:
+    """Check across keys: names against their registries, then each component's own cross-check."""
+    from fedml.core.algorithms import ALGORITHMS
+    from fedml.data import DATASETS, partition_methods
+    from fedml.model import MODELS
 
     train, data = sections["train_args"], sections["data_args"]
     errors = []
@@ -231,19 +288,27 @@ def _cross_checks(sections: Mapping[str, _Section]) -> list[tuple[str, str]]:
                 f"{train.client_num_in_total} in total (train_args.client_num_in_total)",
             )
         )
-    named: list[tuple[str, str, Callable[[], Sequence[str]]]] = [
-        ("data_args.dataset", data.dataset, dataset_names),
-        ("data_args.partition_method", data.partition_method, partition_methods),
-        ("model_args.model", sections["model_args"].model, model_names),
-        ("train_args.federated_optimizer", train.federated_optimizer, algorithm_names),
-        ("train_args.server_optimizer", train.server_optimizer, lambda: SERVER_OPTIMIZERS),
-        ("attack_args.attack_mode", sections["attack_args"].attack_mode, lambda: BYZANTINE_MODES),
-    ]
-    errors.extend(_defense_attack_checks(sections, named, ATTACK_TYPES, aggregation_rule_names))
-    for key, value, names in named:
-        valid = list(names())
-        if value not in valid:
-            errors.append((key, f"unknown name {value!r}{_suggest(value, valid)}; valid: {', '.join(valid)}"))
+    for registry, value in (
+        (DATASETS, data.dataset),
+        (MODELS, sections["model_args"].model),
+        (ALGORITHMS, train.federated_optimizer),
+    ):
+        if value not in registry:
+            errors.append((registry.key, registry.unknown(value).partition(": ")[2]))
+    methods, method = partition_methods(), data.partition_method
+    if method not in methods:
+        hint = _suggest(method, methods)
+        errors.append(
+            ("data_args.partition_method", f"unknown name {method!r}{hint}; valid: {', '.join(methods)}")
+        )
+    for component in {type(section) for section in sections.values()}:
+        for model in component.__mro__:
+            if (
+                isinstance(model, type)
+                and issubclass(model, ComponentSettings)
+                and "cross_check" in vars(model)
+            ):
+                errors.extend(model.cross_check(sections))
     backend = sections["comm_args"].backend
     canonical = {name.upper(): name for name in BACKENDS}
     if backend.upper() in canonical:
@@ -253,58 +318,8 @@ def _cross_checks(sections: Mapping[str, _Section]) -> list[tuple[str, str]]:
     return errors
 
 
-def _defense_attack_checks(
-    sections: Mapping[str, _Section],
-    named: list[tuple[str, str, Callable[[], Sequence[str]]]],
-    attack_types: Sequence[str],
-    rule_names: Callable[[], Sequence[str]],
-) -> list[tuple[str, str]]:
-    """Check that an enabled defense or attack names its type; queue the type names for validation."""
-    defense, attack = sections["defense_args"], sections["attack_args"]
-    errors = []
-    if defense.enable_defense and defense.defense_type is None:
-        errors.append(
-            (
-                "defense_args.defense_type",
-                f"enable_defense is true but no type is set; valid: {', '.join(rule_names())}",
-            )
-        )
-    if defense.defense_type is not None:
-        from fedml.core.robust import chain_problems
-
-        chain = [defense.defense_type] if isinstance(defense.defense_type, str) else defense.defense_type
-        if not chain:
-            errors.append(("defense_args.defense_type", "the list of rules is empty"))
-        errors.extend(("defense_args.defense_type", problem) for problem in chain_problems(chain))
-    if attack.enable_attack and attack.attack_type is None:
-        errors.append(
-            (
-                "attack_args.attack_type",
-                f"enable_attack is true but no type is set; valid: {', '.join(attack_types)}",
-            )
-        )
-    if attack.attack_type is not None:
-        named.append(("attack_args.attack_type", attack.attack_type, lambda: attack_types))
-    if attack.enable_attack and sections["common_args"].training_type != "simulation":
-        errors.append(("attack_args.enable_attack", "attacks are simulated only (common_args.training_type)"))
-    if len(attack.original_class_list) != len(attack.target_class_list):
-        errors.append(
-            (
-                "attack_args.target_class_list",
-                f"{len(attack.target_class_list)} classes but original_class_list has "
-                f"{len(attack.original_class_list)}",
-            )
-        )
-    return errors
-
-
 def _suggest(name: str, candidates: Mapping[str, Any] | Sequence[str]) -> str:
-    pool = list(candidates)
-    lowered = {c.lower(): c for c in pool}
-    match = lowered.get(name.lower()) or next(
-        iter(difflib.get_close_matches(name, pool, n=1, cutoff=0.6)), None
-    )
-    return f"; did you mean {match}?" if match else ""
+    return suggest(name, candidates)
 
 
 def _first_msg(exc: ValidationError) -> str:

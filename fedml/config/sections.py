@@ -1,27 +1,82 @@
-"""The YAML sections: one pydantic model per section, defaults on the model, unknown keys forbidden."""
+"""The YAML sections: one pydantic model per section, defaults on the model, unknown keys forbidden.
+
+The core keys of each section are here. Components (algorithms, steps, datasets) add their own keys:
+each declares them in a ``ComponentSettings`` model naming its section and registers it with its
+registry entry; ``compose`` builds each section's model from the core part and those components, so
+``fedprox_mu`` is declared (with its default) once, in FedProx's module, and the YAML is unchanged.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from fedml.errors import ConfigError
 
 BACKENDS = ("sp", "MPI", "NCCL", "GRPC", "MQTT")
 """Every ``comm_args.backend`` name fedml knows; which run for which training type is the runner's table."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A YAML section: unknown keys are forbidden and assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class CommonArgs(_Section):
+class ComponentSettings(Section):
+    """The keys a component adds to the YAML section named by ``section``, with their defaults.
+
+    ``cross_check`` returns ``(dotted key, problem)`` pairs for what one section cannot check alone.
+    """
+
+    section: ClassVar[str]
+
+    @classmethod
+    def cross_check(cls, sections: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Return the problems of these settings given every validated section (none by default)."""
+        return []
+
+
+def read_settings(args: Any, model: type[ComponentSettings]) -> Any:
+    """Return ``model``'s keys as ``args`` has them; keys it lacks (a plain namespace) take the defaults.
+
+    Raises
+    ------
+    ConfigError
+        Naming the dotted key of each bad value.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> class Prox(ComponentSettings):
+    ...     section = "train_args"
+    ...     fedprox_mu: float = 0.01
+    >>> read_settings(SimpleNamespace(), Prox).fedprox_mu
+    0.01
+
+    """
+    section = getattr(args, model.section, None)
+    source = section if isinstance(section, BaseModel) else args
+    try:
+        return model(**{key: getattr(source, key) for key in model.model_fields if hasattr(source, key)})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{model.section}.{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(problems) from exc
+
+
+class CommonArgs(Section):
     """``common_args``: what kind of run this is and its seed."""
 
     training_type: Literal["simulation", "cross_silo", "cross_device"] = "simulation"
     random_seed: int = 0
 
 
-class DataArgs(_Section):
+class DataArgs(Section):
     """``data_args``: which dataset, where it is cached, and how it is split across clients."""
 
     dataset: str = "mnist"
@@ -30,18 +85,15 @@ class DataArgs(_Section):
     partition_method: str = "hetero"
     partition_alpha: float = Field(0.5, gt=0)
     shards_per_client: int = Field(2, ge=1)
-    synthetic_alpha: float = Field(1.0, ge=0)
-    synthetic_beta: float = Field(1.0, ge=0)
-    synthetic_max_samples: int = Field(1000, ge=1)
 
 
-class ModelArgs(_Section):
+class ModelArgs(Section):
     """``model_args``: which model to train."""
 
     model: str = "lr"
 
 
-class TrainArgs(_Section):
+class TrainArgs(Section):
     """``train_args``: the federated optimizer, client sampling and local training."""
 
     federated_optimizer: str = "FedAvg"
@@ -55,28 +107,22 @@ class TrainArgs(_Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     engine: Literal["auto", "sequential", "vectorized"] = "auto"
-    fedprox_mu: float = Field(0.01, ge=0)
-    server_optimizer: str = "sgd"
-    server_lr: float = Field(1.0, gt=0)
-    server_momentum: float = Field(0.0, ge=0, lt=1)
-    server_epsilon: float = Field(1e-3, gt=0)
-    feddyn_alpha: float = Field(0.01, gt=0)
 
 
-class ValidationArgs(_Section):
+class ValidationArgs(Section):
     """``validation_args``: how often the global model is evaluated."""
 
     frequency_of_the_test: int = Field(1, ge=1)
 
 
-class DeviceArgs(_Section):
+class DeviceArgs(Section):
     """``device_args``: where tensors live."""
 
     using_gpu: bool = False
     gpu_id: int = Field(0, ge=0)
 
 
-class CommArgs(_Section):
+class CommArgs(Section):
     """``comm_args``: the communication backend."""
 
     backend: str = "sp"
@@ -84,35 +130,7 @@ class CommArgs(_Section):
     max_message_mb: int = Field(1024, ge=1, le=2047)
 
 
-class DefenseArgs(_Section):
-    """``defense_args``: Byzantine-robust aggregation in place of the weighted mean.
-
-    ``defense_type`` names one rule or a list applied in order (``[norm_diff_clipping, trimmed_mean]``).
-    """
-
-    enable_defense: bool = False
-    defense_type: str | list[str] | None = None
-    byzantine_client_num: int = Field(0, ge=0)
-    krum_param_m: int = Field(1, ge=1)
-    trim_param_b: float = Field(0.1, ge=0, lt=0.5)
-    norm_bound: float = Field(5.0, gt=0)
-
-
-class AttackArgs(_Section):
-    """``attack_args``: simulated adversaries among the clients (simulation only)."""
-
-    enable_attack: bool = False
-    attack_type: str | None = None
-    attack_mode: str = "random"
-    byzantine_client_num: int = Field(0, ge=0)
-    scale_factor: float = Field(10.0, gt=0)
-    original_class_list: list[int] = Field(default_factory=list)
-    target_class_list: list[int] = Field(default_factory=list)
-    ratio_of_poisoned_client: float = Field(0.0, ge=0, le=1)
-    boost_factor: float | None = Field(None, gt=0)
-
-
-class TrackingArgs(_Section):
+class TrackingArgs(Section):
     """``tracking_args``: where run directories go and what they keep."""
 
     run_dir: str = "./runs"
@@ -122,7 +140,7 @@ class TrackingArgs(_Section):
     resume_from: str | None = None
 
 
-SECTIONS: dict[str, type[_Section]] = {
+CORE_SECTIONS: dict[str, type[Section]] = {
     "common_args": CommonArgs,
     "data_args": DataArgs,
     "model_args": ModelArgs,
@@ -130,8 +148,35 @@ SECTIONS: dict[str, type[_Section]] = {
     "validation_args": ValidationArgs,
     "device_args": DeviceArgs,
     "comm_args": CommArgs,
-    "defense_args": DefenseArgs,
-    "attack_args": AttackArgs,
     "tracking_args": TrackingArgs,
 }
-"""YAML section name -> the model that validates it."""
+"""YAML section name -> the model of its core keys."""
+
+SECTION_ORDER = (
+    "common_args",
+    "data_args",
+    "model_args",
+    "train_args",
+    "validation_args",
+    "device_args",
+    "comm_args",
+    "defense_args",
+    "attack_args",
+    "tracking_args",
+)
+"""The order of sections in a written ``config.yaml``; sections of new components follow."""
+
+
+def compose(components: Iterable[type[ComponentSettings]]) -> dict[str, type[Section]]:
+    """Return section name -> model, each section the core model plus the components naming it."""
+    parts: dict[str, list[type[Section]]] = {name: [model] for name, model in CORE_SECTIONS.items()}
+    for component in components:
+        parts.setdefault(component.section, []).append(component)
+    names = [n for n in SECTION_ORDER if n in parts] + [n for n in parts if n not in SECTION_ORDER]
+    sections: dict[str, type[Section]] = {}
+    for name in names:
+        # Reversed, so that pydantic lists the core keys first and then each component's, in order.
+        bases = tuple(reversed(parts[name]))
+        title = "".join(word.title() for word in name.split("_"))
+        sections[name] = bases[0] if len(bases) == 1 else create_model(title, __base__=bases)
+    return sections

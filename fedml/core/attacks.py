@@ -7,6 +7,7 @@ the whole run. Attacks exist for simulation only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -14,10 +15,12 @@ import torch
 from fedml.core.aggregation import State
 from fedml.errors import ConfigError
 
-BYZANTINE_MODES = ("random", "zero", "flip", "scaled")
+ByzantineMode = Literal["random", "zero", "flip", "scaled"]
+BYZANTINE_MODES: tuple[str, ...] = get_args(ByzantineMode)
 """``attack_mode`` values of the ``byzantine`` attack."""
 
-ATTACK_TYPES = ("byzantine", "label_flipping", "model_replacement")
+AttackType = Literal["byzantine", "label_flipping", "model_replacement"]
+ATTACK_TYPES: tuple[str, ...] = get_args(AttackType)
 """``attack_type`` values."""
 
 ATTACKER_STREAM = 0xBAD

@@ -57,9 +57,21 @@ class Registry(Generic[T]):
         self.key = key
         self.case_sensitive = case_sensitive
         self._entries: dict[str, T | _Lazy] = {}
+        self._settings: dict[str, Any] = {}
 
-    def register(self, name: str, entry: T | str, *, extra: str | None = None, replace: bool = False) -> None:
+    def register(
+        self,
+        name: str,
+        entry: T | str,
+        *,
+        extra: str | None = None,
+        settings: Any = None,
+        replace: bool = False,
+    ) -> None:
         """Add ``entry`` under ``name``; a string ``"module:attribute"`` is imported on first ``get``.
+
+        ``settings`` is the entry's ``ComponentSettings`` model (or ``"module:Model"``): the YAML keys
+        it adds, which configuration loading collects from every registry (``settings_models``).
 
         Raises
         ------
@@ -72,11 +84,11 @@ class Registry(Generic[T]):
         name = self._normal(name)
         if name in self._entries and not replace:
             raise ConfigError(f"a {self.kind} named {name!r} is already registered")
-        if isinstance(entry, str):
-            module, _, attribute = entry.partition(":")
-            self._entries[name] = _Lazy(module, attribute, extra)
+        self._entries[name] = _lazy(entry, extra) if isinstance(entry, str) else entry
+        if settings is not None:
+            self._settings[name] = _lazy(settings, extra) if isinstance(settings, str) else settings
         else:
-            self._entries[name] = entry
+            self._settings.pop(name, None)
 
     def get(self, name: str) -> T:
         """Return the entry registered as ``name``, importing it if it was registered lazily.
@@ -92,18 +104,11 @@ class Registry(Generic[T]):
         entry = self._entries.get(self._normal(name)) if isinstance(name, str) else None
         if entry is None:
             raise ConfigError(self.unknown(name))
-        if not isinstance(entry, _Lazy):
-            return entry
-        try:
-            module = importlib.import_module(entry.module)
-        except ImportError as exc:
-            if entry.extra is None:
-                raise
-            raise ImportError(
-                f"{self.kind} {name!r} needs a package that is not installed ({exc.name or exc}); install "
-                f'it with: pip install -e ".[{entry.extra}]"  (or pip install "fedml[{entry.extra}]")'
-            ) from exc
-        return getattr(module, entry.attribute)
+        return self._resolve(name, entry)
+
+    def settings_models(self) -> list[Any]:
+        """Return the settings models of the entries that declared one, in name order."""
+        return [self._resolve(name, self._settings[name]) for name in sorted(self._settings)]
 
     def unknown(self, name: object) -> str:
         """Return the message for an unknown ``name``: the key, the closest match and the valid names."""
@@ -123,6 +128,25 @@ class Registry(Generic[T]):
 
     def _normal(self, name: str) -> str:
         return name if self.case_sensitive else name.upper()
+
+    def _resolve(self, name: str, entry: Any) -> Any:
+        if not isinstance(entry, _Lazy):
+            return entry
+        try:
+            module = importlib.import_module(entry.module)
+        except ImportError as exc:
+            if entry.extra is None:
+                raise
+            raise ImportError(
+                f"{self.kind} {name!r} needs a package that is not installed ({exc.name or exc}); install "
+                f'it with: pip install -e ".[{entry.extra}]"  (or pip install "fedml[{entry.extra}]")'
+            ) from exc
+        return getattr(module, entry.attribute)
+
+
+def _lazy(path: str, extra: str | None) -> _Lazy:
+    module, _, attribute = path.partition(":")
+    return _Lazy(module, attribute, extra)
 
 
 def suggest(name: str, candidates: Any) -> str:

@@ -10,6 +10,7 @@ from fedml.data.partition import (
     split_test_like_train,
 )
 from fedml.data.registry import (
+    DATASETS,
     ClientDataset,
     DatasetSpec,
     dataset_names,
@@ -21,6 +22,7 @@ from fedml.data.registry import (
 from fedml.data.synthetic import SyntheticDataset
 
 __all__ = [
+    "DATASETS",
     "ClientData",
     "ClientDataset",
     "DatasetSpec",

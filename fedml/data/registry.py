@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fedml.core.registry import Registry
 from fedml.data.dataset import FederatedDataset, RawData
 from fedml.data.mnist import INPUT_SHAPE as MNIST_INPUT_SHAPE
 from fedml.data.mnist import OUTPUT_DIM as MNIST_OUTPUT_DIM
@@ -16,7 +17,7 @@ from fedml.data.mnist import load_mnist
 from fedml.data.partition import partition_labels, split_test_like_train
 from fedml.data.synthetic import INPUT_SHAPE as SYNTHETIC_INPUT_SHAPE
 from fedml.data.synthetic import OUTPUT_DIM as SYNTHETIC_OUTPUT_DIM
-from fedml.data.synthetic import SyntheticDataset, load_synthetic
+from fedml.data.synthetic import SyntheticDataset, SyntheticSettings, load_synthetic
 from fedml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,13 @@ class DatasetSpec:
     builder: Builder | None = None
 
 
-_DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("dataset", key="data_args.dataset")
+"""The ``data_args.dataset`` names."""
 
 
-def register_dataset(name: str, loader: Loader, input_shape: tuple[int, ...], output_dim: int) -> None:
+def register_dataset(
+    name: str, loader: Loader, input_shape: tuple[int, ...], output_dim: int, settings: Any = None
+) -> None:
     """Make a dataset available as ``data_args.dataset: <name>``.
 
     Parameters
@@ -63,6 +67,8 @@ def register_dataset(name: str, loader: Loader, input_shape: tuple[int, ...], ou
         Shape of one input sample; :func:`load` checks the loaded data against it.
     output_dim : int
         Number of classes.
+    settings : type[ComponentSettings], optional
+        The keys the dataset adds to ``data_args``, with their defaults.
 
     Examples
     --------
@@ -75,26 +81,24 @@ def register_dataset(name: str, loader: Loader, input_shape: tuple[int, ...], ou
     True
 
     """
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"a dataset name must be a non-empty string, got {name!r}")
-    _DATASETS[name] = DatasetSpec(loader, tuple(input_shape), int(output_dim))
+    spec = DatasetSpec(loader, tuple(input_shape), int(output_dim))
+    DATASETS.register(name, spec, settings=settings, replace=True)
 
 
 def register_federated_dataset(
-    name: str, builder: Builder, input_shape: tuple[int, ...], output_dim: int
+    name: str, builder: Builder, input_shape: tuple[int, ...], output_dim: int, settings: Any = None
 ) -> None:
     """Make a dataset that is defined per client available as ``data_args.dataset: <name>``.
 
     ``builder(args)`` returns the federated dataset directly; ``partition_method`` does not apply.
     """
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"a dataset name must be a non-empty string, got {name!r}")
-    _DATASETS[name] = DatasetSpec(None, tuple(input_shape), int(output_dim), builder)
+    spec = DatasetSpec(None, tuple(input_shape), int(output_dim), builder)
+    DATASETS.register(name, spec, settings=settings, replace=True)
 
 
 def dataset_names() -> list[str]:
     """Return the registered dataset names, sorted."""
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def input_shape(name: str) -> tuple[int, ...]:
@@ -193,10 +197,7 @@ _REQUIRED_ARGS = (
 
 
 def _spec(name: str) -> DatasetSpec:
-    spec = _DATASETS.get(name)
-    if spec is None:
-        raise ConfigError(f"data_args.dataset: unknown dataset {name!r}; valid: {', '.join(dataset_names())}")
-    return spec
+    return DATASETS.get(name)
 
 
 def _load_mnist_args(args: Any) -> RawData:
@@ -204,4 +205,6 @@ def _load_mnist_args(args: Any) -> RawData:
 
 
 register_dataset("mnist", _load_mnist_args, MNIST_INPUT_SHAPE, MNIST_OUTPUT_DIM)
-register_federated_dataset("synthetic", load_synthetic, SYNTHETIC_INPUT_SHAPE, SYNTHETIC_OUTPUT_DIM)
+register_federated_dataset(
+    "synthetic", load_synthetic, SYNTHETIC_INPUT_SHAPE, SYNTHETIC_OUTPUT_DIM, settings=SyntheticSettings
+)

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from fedml.config.sections import ComponentSettings, read_settings
 from fedml.data.dataset import ClientData, FedMLTuple
 from fedml.errors import DataError
 
@@ -190,11 +192,21 @@ class _LazyClients(Mapping[int, ClientData]):
 
 def load_synthetic(args: Any) -> SyntheticDataset:
     """Build the synthetic dataset from the run's ``synthetic_*``, ``client_num_in_total``, seed and batch."""
+    settings = read_settings(args, SyntheticSettings)
     return SyntheticDataset(
         client_num=args.client_num_in_total,
-        alpha=getattr(args, "synthetic_alpha", 1.0),
-        beta=getattr(args, "synthetic_beta", 1.0),
+        alpha=settings.synthetic_alpha,
+        beta=settings.synthetic_beta,
         seed=args.random_seed,
         batch_size=args.batch_size,
-        max_samples=getattr(args, "synthetic_max_samples", 1000),
+        max_samples=settings.synthetic_max_samples,
     )
+
+
+class SyntheticSettings(ComponentSettings):
+    """The synthetic dataset's keys in ``data_args``: FedProx's alpha and beta, and the client size cap."""
+
+    section = "data_args"
+    synthetic_alpha: float = Field(1.0, ge=0)
+    synthetic_beta: float = Field(1.0, ge=0)
+    synthetic_max_samples: int = Field(1000, ge=1)

@@ -17,24 +17,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedml.errors import ConfigError
+from fedml.core.registry import Registry
 from fedml.model.cnn import CNN
 from fedml.model.linear import MLP, LogisticRegression
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 """Builds a model from the input shape of one sample and the number of outputs."""
 
-_MODELS: dict[str, ModelFactory] = {}
+MODELS: Registry[ModelFactory] = Registry("model", key="model_args.model")
+"""The ``model_args.model`` names."""
 
 
 def register_model(name: str, factory: ModelFactory) -> None:
     """Make ``factory(input_shape, output_dim)`` available as ``model_args.model: name``."""
-    _MODELS[name] = factory
+    MODELS.register(name, factory, replace=True)
 
 
 def model_names() -> list[str]:
     """Return the registered model names."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create(args: Any, output_dim: int, input_shape: tuple[int, ...] | None = None) -> nn.Module:
@@ -49,21 +50,27 @@ def create(args: Any, output_dim: int, input_shape: tuple[int, ...] | None = Non
         If the model name is not registered; the message lists the valid names.
 
     """
-    if args.model not in _MODELS:
-        raise ConfigError(
-            f"model_args.model: unknown model {args.model!r}; valid: {', '.join(model_names())}"
-        )
+    factory = MODELS.get(args.model)
     if input_shape is None:
         from fedml.data import input_shape as dataset_input_shape
 
         input_shape = dataset_input_shape(args.dataset)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(args.random_seed))
-        return _MODELS[args.model](tuple(input_shape), output_dim)
+        return factory(tuple(input_shape), output_dim)
 
 
 register_model("lr", LogisticRegression)
 register_model("mlp", MLP)
 register_model("cnn", CNN)
 
-__all__ = ["CNN", "MLP", "LogisticRegression", "ModelFactory", "create", "model_names", "register_model"]
+__all__ = [
+    "CNN",
+    "MLP",
+    "MODELS",
+    "LogisticRegression",
+    "ModelFactory",
+    "create",
+    "model_names",
+    "register_model",
+]

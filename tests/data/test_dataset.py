@@ -221,7 +221,7 @@ def test_load_reports_missing_arguments() -> None:
 
 
 def test_registered_dataset_is_loaded_and_shape_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fedml.data.registry, "_DATASETS", dict(fedml.data.registry._DATASETS))
+    monkeypatch.setattr(fedml.data.DATASETS, "_entries", dict(fedml.data.DATASETS._entries))
 
     def tiny(args) -> RawData:
         x = torch.arange(40, dtype=torch.float32).reshape(20, 2)

@@ -43,7 +43,7 @@ def test_unknown_model_lists_the_valid_names():
 
 
 def test_registered_models_are_creatable(monkeypatch):
-    monkeypatch.setattr(fedml.model, "_MODELS", dict(fedml.model._MODELS))
+    monkeypatch.setattr(fedml.model.MODELS, "_entries", dict(fedml.model.MODELS._entries))
     fedml.model.register_model("tiny", lambda shape, out: torch.nn.Linear(28 * 28, out))
     assert "tiny" in fedml.model.model_names()
     assert isinstance(make("tiny"), torch.nn.Linear)

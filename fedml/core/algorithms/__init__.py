@@ -19,10 +19,10 @@ from fedml.core.algorithms.base import (
     weighted_states,
 )
 from fedml.core.algorithms.fedavg import FedAvg
-from fedml.core.algorithms.feddyn import FedDyn
+from fedml.core.algorithms.feddyn import FedDyn, FedDynSettings
 from fedml.core.algorithms.fednova import FedNova
-from fedml.core.algorithms.fedopt import FedOpt
-from fedml.core.algorithms.fedprox import FedProx
+from fedml.core.algorithms.fedopt import FedOpt, FedOptSettings
+from fedml.core.algorithms.fedprox import FedProx, FedProxSettings
 from fedml.core.algorithms.scaffold import Scaffold
 from fedml.core.registry import Registry
 
@@ -33,9 +33,12 @@ ALGORITHMS: Registry[AlgorithmFactory] = Registry("optimizer", key="train_args.f
 """The ``train_args.federated_optimizer`` names."""
 
 
-def register_algorithm(name: str, factory: AlgorithmFactory) -> None:
-    """Make ``factory(args)`` available as ``train_args.federated_optimizer: name``."""
-    ALGORITHMS.register(name, factory)
+def register_algorithm(name: str, factory: AlgorithmFactory, settings: Any = None) -> None:
+    """Make ``factory(args)`` available as ``train_args.federated_optimizer: name``.
+
+    ``settings`` is the algorithm's ``ComponentSettings`` model: the keys it adds to its section.
+    """
+    ALGORITHMS.register(name, factory, settings=settings)
 
 
 def algorithm_names() -> list[str]:
@@ -56,11 +59,11 @@ def create_algorithm(args: Any) -> Algorithm:
 
 
 register_algorithm("FedAvg", FedAvg)
-register_algorithm("FedProx", FedProx)
-register_algorithm("FedOpt", FedOpt)
+register_algorithm("FedProx", FedProx, FedProxSettings)
+register_algorithm("FedOpt", FedOpt, FedOptSettings)
 register_algorithm("FedNova", FedNova)
 register_algorithm("SCAFFOLD", Scaffold)
-register_algorithm("FedDyn", FedDyn)
+register_algorithm("FedDyn", FedDyn, FedDynSettings)
 
 __all__ = [
     "ALGORITHMS",

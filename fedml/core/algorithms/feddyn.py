@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from fedml.config.sections import ComponentSettings, read_settings
 from fedml.core.algorithms.base import (
     Client,
     LocalObjective,
@@ -22,7 +24,14 @@ from fedml.core.algorithms.base import (
     train_locally,
 )
 from fedml.core.algorithms.fedavg import FedAvg
-from fedml.errors import ConfigError
+
+
+class FedDynSettings(ComponentSettings):
+    """FedDyn's key in ``train_args``."""
+
+    section = "train_args"
+    feddyn_alpha: float = Field(0.01, gt=0)
+
 
 _STATE, _DELTA = "h_i/", "delta_h/"
 
@@ -39,9 +48,7 @@ class FedDyn(FedAvg):
 
     def __init__(self, args: Any) -> None:
         super().__init__(args)
-        self.alpha = float(args.feddyn_alpha)
-        if not self.alpha > 0:
-            raise ConfigError(f"train_args.feddyn_alpha must be > 0, got {self.alpha}")
+        self.alpha = float(read_settings(args, FedDynSettings).feddyn_alpha)
         self.server_state: dict[str, torch.Tensor] = {}
         self.client_states: dict[int, dict[str, torch.Tensor]] = {}
 

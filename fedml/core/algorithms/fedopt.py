@@ -6,16 +6,29 @@ The averaged change is a pseudo-gradient; the server applies SGD with momentum (
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+from pydantic import Field
 
+from fedml.config.sections import ComponentSettings, read_settings
 from fedml.core.algorithms.base import RoundContext, RoundResults
 from fedml.core.algorithms.fedavg import FedAvg
-from fedml.errors import ConfigError
 
-SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
+ServerOptimizer = Literal["sgd", "adam", "yogi", "adagrad"]
+SERVER_OPTIMIZERS: tuple[str, ...] = get_args(ServerOptimizer)
 """Valid ``train_args.server_optimizer`` names."""
+
+
+class FedOptSettings(ComponentSettings):
+    """FedOpt's keys in ``train_args``: the server optimizer and its hyperparameters."""
+
+    section = "train_args"
+    server_optimizer: ServerOptimizer = "sgd"
+    server_lr: float = Field(1.0, gt=0)
+    server_momentum: float = Field(0.0, ge=0, lt=1)
+    server_epsilon: float = Field(1e-3, gt=0)
+
 
 _BETA2 = 0.99
 
@@ -32,15 +45,11 @@ class FedOpt(FedAvg):
 
     def __init__(self, args: Any) -> None:
         super().__init__(args)
-        if args.server_optimizer not in SERVER_OPTIMIZERS:
-            raise ConfigError(
-                f"train_args.server_optimizer: unknown optimizer {args.server_optimizer!r}; "
-                f"valid: {', '.join(SERVER_OPTIMIZERS)}"
-            )
-        self.optimizer = args.server_optimizer
-        self.lr = float(args.server_lr)
-        self.beta1 = float(args.server_momentum)
-        self.tau = float(args.server_epsilon)
+        settings = read_settings(args, FedOptSettings)
+        self.optimizer = settings.server_optimizer
+        self.lr = float(settings.server_lr)
+        self.beta1 = float(settings.server_momentum)
+        self.tau = float(settings.server_epsilon)
         self.momentum: dict[str, torch.Tensor] = {}
         self.variance: dict[str, torch.Tensor] = {}
 

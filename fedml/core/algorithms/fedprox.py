@@ -6,10 +6,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from fedml.config.sections import ComponentSettings, read_settings
 from fedml.core.algorithms.base import LocalObjective
 from fedml.core.algorithms.fedavg import FedAvg
-from fedml.errors import ConfigError
+
+
+class FedProxSettings(ComponentSettings):
+    """FedProx's key in ``train_args``."""
+
+    section = "train_args"
+    fedprox_mu: float = Field(0.01, ge=0)
 
 
 class FedProx(FedAvg):
@@ -21,7 +29,7 @@ class FedProx(FedAvg):
     Parameters
     ----------
     args
-        The run's arguments; ``fedprox_mu`` (default 0.01) is read from them.
+        The run's arguments; ``fedprox_mu`` (``FedProxSettings``) is read from them.
 
     """
 
@@ -29,10 +37,7 @@ class FedProx(FedAvg):
 
     def __init__(self, args: Any = None) -> None:
         super().__init__(args)
-        mu = float(getattr(args, "fedprox_mu", 0.01))
-        if not mu >= 0:
-            raise ConfigError(f"train_args.fedprox_mu must be >= 0, got {mu}")
-        self.mu = mu
+        self.mu = float(read_settings(args, FedProxSettings).fedprox_mu)
 
     def local_objective(self) -> LocalObjective:
         """Return the local loss plus ``mu/2`` times the squared distance to the global model."""

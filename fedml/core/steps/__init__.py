@@ -202,8 +202,12 @@ def _defense_step(args: Any) -> Step | None:
     return defense_step(args)
 
 
-CLIENT_STEPS.register("attack", StepEntry(_attack_step, position=10))
-SERVER_STEPS.register("defense", StepEntry(_defense_step, position=20))
+CLIENT_STEPS.register(
+    "attack", StepEntry(_attack_step, position=10), settings="fedml.core.steps.attack:AttackArgs"
+)
+SERVER_STEPS.register(
+    "defense", StepEntry(_defense_step, position=20), settings="fedml.core.steps.defense:DefenseArgs"
+)
 
 __all__ = [
     "CLIENT_STEPS",

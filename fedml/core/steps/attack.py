@@ -9,14 +9,19 @@ their update after. Simulation only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from fedml.config.sections import ComponentSettings
 from fedml.core.algorithms.base import Client, RoundContext, Update
 from fedml.core.attacks import (
+    ATTACK_TYPES,
     ATTACKER_STREAM,
+    AttackType,
+    ByzantineMode,
     byzantine_state,
     choose_attackers,
     flip_labels,
@@ -25,6 +30,47 @@ from fedml.core.attacks import (
 from fedml.core.sampling import client_generator
 from fedml.core.steps import ClientStep
 from fedml.data.dataset import ClientData
+
+
+class AttackArgs(ComponentSettings):
+    """``attack_args``: simulated adversaries among the clients (simulation only)."""
+
+    section = "attack_args"
+    enable_attack: bool = False
+    attack_type: AttackType | None = None
+    attack_mode: ByzantineMode = "random"
+    byzantine_client_num: int = Field(0, ge=0)
+    scale_factor: float = Field(10.0, gt=0)
+    original_class_list: list[int] = Field(default_factory=list)
+    target_class_list: list[int] = Field(default_factory=list)
+    ratio_of_poisoned_client: float = Field(0.0, ge=0, le=1)
+    boost_factor: float | None = Field(None, gt=0)
+
+    @classmethod
+    def cross_check(cls, sections: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Check that an enabled attack names its type, runs in simulation, and maps classes one to one."""
+        attack = sections["attack_args"]
+        errors = []
+        if attack.enable_attack and attack.attack_type is None:
+            errors.append(
+                (
+                    "attack_args.attack_type",
+                    f"enable_attack is true but no type is set; valid: {', '.join(ATTACK_TYPES)}",
+                )
+            )
+        if attack.enable_attack and sections["common_args"].training_type != "simulation":
+            errors.append(
+                ("attack_args.enable_attack", "attacks are simulated only (common_args.training_type)")
+            )
+        if len(attack.original_class_list) != len(attack.target_class_list):
+            errors.append(
+                (
+                    "attack_args.target_class_list",
+                    f"{len(attack.target_class_list)} classes but original_class_list has "
+                    f"{len(attack.original_class_list)}",
+                )
+            )
+        return errors
 
 
 class AttackStep(ClientStep):

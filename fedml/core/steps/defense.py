@@ -9,13 +9,46 @@ combines with FedAvg, FedProx and FedOpt, and stateful algorithms still see each
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from fedml.config.sections import ComponentSettings
 from fedml.core.algorithms.base import RoundContext, Update
-from fedml.core.robust import create_selection_rules, defense_chain
+from fedml.core.robust import aggregation_rule_names, chain_problems, create_selection_rules, defense_chain
 from fedml.core.steps import ServerStep
+
+
+class DefenseArgs(ComponentSettings):
+    """``defense_args``: Byzantine-robust aggregation in place of the weighted mean.
+
+    ``defense_type`` names one rule or a list applied in order (``[norm_diff_clipping, trimmed_mean]``).
+    """
+
+    section = "defense_args"
+    enable_defense: bool = False
+    defense_type: str | list[str] | None = None
+    byzantine_client_num: int = Field(0, ge=0)
+    krum_param_m: int = Field(1, ge=1)
+    trim_param_b: float = Field(0.1, ge=0, lt=0.5)
+    norm_bound: float = Field(5.0, gt=0)
+
+    @classmethod
+    def cross_check(cls, sections: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Check that an enabled defense names its rules, and that only the last one aggregates."""
+        defense = sections["defense_args"]
+        key = "defense_args.defense_type"
+        if defense.defense_type is None:
+            if defense.enable_defense:
+                valid = ", ".join(aggregation_rule_names())
+                return [(key, f"enable_defense is true but no type is set; valid: {valid}")]
+            return []
+        chain = [defense.defense_type] if isinstance(defense.defense_type, str) else defense.defense_type
+        if not chain:
+            return [(key, "the list of rules is empty")]
+        return [(key, problem) for problem in chain_problems(chain)]
 
 
 class DefenseStep(ServerStep):
