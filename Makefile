@@ -16,6 +16,7 @@ lint: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev,mpi]"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest

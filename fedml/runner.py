@@ -12,7 +12,7 @@ from fedml.core.registry import Registry
 from fedml.errors import NotSupportedError
 
 if TYPE_CHECKING:
-    from fedml.data import FederatedDataset
+    from fedml.data import ClientDataset
     from fedml.ml import ClientTrainer, ServerAggregator
     from fedml.tracking import RunResult
 
@@ -72,7 +72,7 @@ class FedMLRunner:
         self,
         args: Any,
         device: torch.device,
-        dataset: FederatedDataset,
+        dataset: ClientDataset,
         model: nn.Module,
         client_trainer: ClientTrainer | None = None,
         server_aggregator: ServerAggregator | None = None,

@@ -23,13 +23,17 @@ _T = TypeVar("_T")
 
 
 class _RolePrefix(logging.LoggerAdapter):
+    def __init__(self, logger: logging.Logger, prefix: str) -> None:
+        super().__init__(logger, {"prefix": prefix})
+        self.prefix = prefix
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"{self.extra['prefix']}{msg}", kwargs
+        return f"{self.prefix}{msg}", kwargs
 
 
 def role_logger(role: str, rank: int, name: str = "fedml") -> logging.LoggerAdapter:
     """Return a logger whose lines start with ``[FedML-<role>(<rank>)]: ``, e.g. ``[FedML-Server(0)]: ``."""
-    return _RolePrefix(logging.getLogger(name), {"prefix": f"[FedML-{role}({rank})]: "})
+    return _RolePrefix(logging.getLogger(name), f"[FedML-{role}({rank})]: ")
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -272,7 +272,7 @@ def _section_errors(name: str, model: type[Section], exc: ValidationError) -> li
     return found
 
 
-def _cross_checks(sections: Mapping[str, Section]) -> list[tuple[str, str]]:
+def _cross_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Check across keys: names against their registries, then each component's own cross-check."""
     from fedml.core.algorithms import ALGORITHMS
     from fedml.data import DATASETS, partition_methods

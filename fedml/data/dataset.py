@@ -135,8 +135,16 @@ class FedMLTuple:
     """
 
     def __iter__(self) -> Iterator[Any]:
-        fields = ("train_data_num", "test_data_num", "train_global", "test_global")
-        fields += ("train_data_local_num_dict", "train_data_local_dict", "test_data_local_dict", "output_dim")
+        fields = (
+            "train_data_num",
+            "test_data_num",
+            "train_global",
+            "test_global",
+            "train_data_local_num_dict",
+            "train_data_local_dict",
+            "test_data_local_dict",
+            "output_dim",
+        )
         return iter(getattr(self, name) for name in fields)
 
 
@@ -262,7 +270,7 @@ class FederatedDataset(FedMLTuple):
             test_x=test_x,
             test_y=test_labels,
             client_train_indices=train_idx,
-            client_test_indices=list(client_test_indices),
+            client_test_indices=_as_index_list("client_test_indices", client_test_indices, len(test_y)),
             output_dim=output_dim,
             batch_size=batch_size,
         )

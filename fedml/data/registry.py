@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedml.core.registry import Registry
 from fedml.data.dataset import FederatedDataset, RawData
@@ -163,8 +164,8 @@ def load(args: Any) -> tuple[ClientDataset, int]:
         train_y=raw.train_y,
         test_x=raw.test_x,
         test_y=raw.test_y,
-        client_train_indices=client_train,
-        client_test_indices=client_test,
+        client_train_indices=[torch.from_numpy(np.asarray(i)) for i in client_train],
+        client_test_indices=[torch.from_numpy(np.asarray(i)) for i in client_test],
         output_dim=spec.output_dim,
         batch_size=args.batch_size,
     )

@@ -109,7 +109,7 @@ class ClientTrainer:
         """Return ``{"accuracy", "loss", "num_samples"}`` on ``test_data``."""
         return evaluate(self.model, test_data, device)
 
-    def _step_fn(self, params: list[torch.Tensor], args: Any) -> StepFn:
+    def _step_fn(self, params: Sequence[torch.Tensor], args: Any) -> StepFn:
         if args.client_optimizer == "adam":
             optimizer = torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay)
 

@@ -22,8 +22,10 @@ def run_fedavg(
 
     Examples
     --------
-    >>> from fedml.simulation import run_fedavg
-    >>> result = run_fedavg(dataset="mnist", model="lr", num_clients=10, num_rounds=50)  # doctest: +SKIP
+    A run of a few seconds that prints its rounds (shown here, not run as a doctest)::
+
+        from fedml.simulation import run_fedavg
+        result = run_fedavg(dataset="mnist", model="lr", num_clients=10, num_rounds=50)
 
     """
     import fedml

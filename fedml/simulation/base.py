@@ -18,7 +18,7 @@ from fedml.ml import ClientTrainer, ServerAggregator
 from fedml.simulation.engine import choose_engine
 
 if TYPE_CHECKING:
-    from fedml.data import FederatedDataset
+    from fedml.data import ClientDataset
     from fedml.tracking import RunResult
 
 
@@ -51,7 +51,7 @@ class Simulator:
         self,
         args: Any,
         device: torch.device,
-        dataset: FederatedDataset,
+        dataset: ClientDataset,
         model: nn.Module,
         client_trainer: ClientTrainer | None = None,
         server_aggregator: ServerAggregator | None = None,

@@ -12,7 +12,7 @@ from fedml.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedml.core.algorithms import Algorithm, LocalObjective
-    from fedml.data import FederatedDataset
+    from fedml.data import ClientDataset
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def choose_engine(
     device: torch.device,
     model: nn.Module,
     algorithm: Algorithm,
-    dataset: FederatedDataset,
+    dataset: ClientDataset,
     custom_trainer: bool,
 ) -> tuple[str, LocalObjective | None]:
     """Return ``("sequential" | "vectorized", objective)`` for this run and log the choice in one line.
@@ -50,7 +50,7 @@ def choose_engine(
     """
     from fedml.simulation.vectorized import probe, unsupported_reason
 
-    engine = getattr(args, "engine", "auto")
+    engine = args.engine
     if engine not in ENGINES:
         raise ConfigError(f"train_args.engine: unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     if engine == "sequential":
@@ -88,6 +88,6 @@ def _param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _first_input(dataset: FederatedDataset) -> torch.Tensor:
+def _first_input(dataset: ClientDataset) -> torch.Tensor:
     x, _ = next(iter(dataset.test_global.batches(1)))
     return x[0]

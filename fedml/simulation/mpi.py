@@ -6,7 +6,7 @@ nothing of the round is specific to MPI.
 
 from __future__ import annotations
 
-from fedml.core.comm import create_transport
+from fedml.core.comm.mpi import MPITransport
 from fedml.core.round import AllReplies, RemoteBackend, RoundWorker
 from fedml.errors import ConfigError, TransportError
 from fedml.simulation.base import Simulator
@@ -33,7 +33,7 @@ class MPISimulator(Simulator):
     def run(self) -> RunResult:
         """Run the simulation on this rank and return the run's result."""
         args = self.args
-        transport = create_transport("MPI", timeout=args.timeout, max_bytes=args.max_message_mb << 20)
+        transport = MPITransport(timeout=args.timeout, max_bytes=args.max_message_mb << 20)
         if transport.world_size < 2:
             raise ConfigError(
                 "comm_args.backend MPI needs at least 2 processes (rank 0 is the server, the others train); "

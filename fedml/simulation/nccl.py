@@ -30,7 +30,7 @@ from fedml.tracking import RunResult, role_logger
 if TYPE_CHECKING:
     import logging
 
-    from fedml.data import FederatedDataset
+    from fedml.data import ClientDataset
 
 
 class NCCLSimulator(Simulator):
@@ -56,7 +56,7 @@ class NCCLSimulator(Simulator):
         self,
         args: Any,
         device: torch.device,
-        dataset: FederatedDataset,
+        dataset: ClientDataset,
         model: nn.Module,
         client_trainer: ClientTrainer | None = None,
         server_aggregator: ServerAggregator | None = None,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Mapping
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
 from fedml.errors import AggregationError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from fedml.data import ClientData
-    from fedml.ml import ClientTrainer, ServerAggregator
 
 
 Penalty = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], torch.Tensor]
@@ -115,6 +118,58 @@ def individual_updates(results: RoundResults, algorithm: str) -> list[Update]:
     return results
 
 
+class Trainer(Protocol):
+    """What the round needs of a client trainer; ``fedml.ml.ClientTrainer`` is the one users subclass."""
+
+    model: nn.Module
+
+    def set_id(self, trainer_id: int) -> None:
+        """Act for client ``trainer_id`` next."""
+        ...
+
+    def set_round(self, round_idx: int) -> None:
+        """Set the round being trained."""
+        ...
+
+    def set_penalty(self, penalty: Penalty | None, anchor: Mapping[str, torch.Tensor] | None) -> None:
+        """Add ``penalty(params, anchor)`` to the loss of the next ``train`` calls."""
+        ...
+
+    def set_model_params(self, model_parameters: Mapping[str, torch.Tensor]) -> None:
+        """Load a state into the model."""
+        ...
+
+    def get_model_params(self) -> dict[str, torch.Tensor]:
+        """Return a copy of the model state."""
+        ...
+
+    def train(self, train_data: ClientData, device: torch.device, args: Any) -> dict[str, float]:
+        """Train on ``train_data``; return the metrics."""
+        ...
+
+
+class Aggregator(Protocol):
+    """What the round needs of a server aggregator; users subclass ``fedml.ml.ServerAggregator``."""
+
+    def aggregate_with_hooks(
+        self, updates: Sequence[tuple[float, Mapping[str, torch.Tensor]]]
+    ) -> dict[str, torch.Tensor]:
+        """Combine ``(weight, state)`` pairs into one state."""
+        ...
+
+    def set_model_params(self, model_parameters: Mapping[str, torch.Tensor]) -> None:
+        """Load a state into the global model."""
+        ...
+
+    def get_model_params(self) -> dict[str, torch.Tensor]:
+        """Return a copy of the global model state."""
+        ...
+
+    def test(self, test_data: ClientData, device: torch.device, args: Any) -> dict[str, float]:
+        """Evaluate the global model on ``test_data``."""
+        ...
+
+
 @dataclass
 class RoundContext:
     """What an algorithm may use in a round: the arguments, device, trainer and aggregator."""
@@ -122,8 +177,8 @@ class RoundContext:
     round_idx: int
     args: Any
     device: torch.device
-    trainer: ClientTrainer
-    aggregator: ServerAggregator
+    trainer: Trainer
+    aggregator: Aggregator
 
 
 class Algorithm(Protocol):
@@ -155,19 +210,42 @@ class Algorithm(Protocol):
         ...
 
 
-def train_locally(
-    global_state: dict[str, torch.Tensor], client: Client, ctx: RoundContext, objective: LocalObjective
-) -> Update:
-    """Run the round's trainer on ``client`` from ``global_state`` with ``objective``; weight = sample count.
+def total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Return the sum of ``terms`` (one or more scalar tensors), as ``sum`` would, but typed as a tensor."""
+    return functools.reduce(operator.add, terms)
 
-    This is the client update of every algorithm whose rule is a ``LocalObjective``; the vectorized
-    engine computes the same thing for many clients at once.
+
+@runtime_checkable
+class Checkpointable(Protocol):
+    """An algorithm with state to save: its ``state_dict`` goes into checkpoints and comes back."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state to save."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state returned by ``state_dict``."""
+        ...
+
+
+def train_locally(
+    global_state: dict[str, torch.Tensor],
+    client: Client,
+    ctx: RoundContext,
+    objective: LocalObjective | None = None,
+) -> Update:
+    """Train ``client`` from ``global_state`` and return its ``Update`` (weight: its sample count).
+
+    The stateless training call: the round's ``ClientTrainer`` (the FedML-compatible customization
+    point, which keeps one model for every client) does the work, and nothing of one call survives
+    into the next. This is the client update of every algorithm whose rule is a ``LocalObjective``
+    (``None``: the plain loss); the vectorized engine computes the same thing for many clients at once.
     """
     trainer = ctx.trainer
     trainer.set_id(client.idx)
     trainer.set_round(ctx.round_idx)
     trainer.set_model_params(global_state)
-    trainer.set_penalty(objective.penalty, global_state)
+    trainer.set_penalty(objective.penalty if objective is not None else None, global_state)
     try:
         metrics = trainer.train(client.train_data, ctx.device, ctx.args) or {}
     finally:

@@ -30,7 +30,7 @@ class FedAvg:
         """Return nothing: FedAvg clients need only the global state."""
         return {}
 
-    def local_objective(self) -> LocalObjective:
+    def local_objective(self) -> LocalObjective | None:
         """Plain local training: the loss without a penalty."""
         return LocalObjective()
 

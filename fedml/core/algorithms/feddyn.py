@@ -21,6 +21,7 @@ from fedml.core.algorithms.base import (
     RoundResults,
     Update,
     individual_updates,
+    total,
     train_locally,
 )
 from fedml.core.algorithms.fedavg import FedAvg
@@ -73,8 +74,8 @@ class FedDyn(FedAvg):
         def dynamic_regularizer(
             params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor]
         ) -> torch.Tensor:
-            linear = sum((own[k] * p).sum() for k, p in params.items())
-            proximal = sum((p - anchor[k]).pow(2).sum() for k, p in params.items())
+            linear = total((own[k] * p).sum() for k, p in params.items())
+            proximal = total((p - anchor[k]).pow(2).sum() for k, p in params.items())
             return 0.5 * alpha * proximal - linear
 
         update = train_locally(global_state, client, ctx, LocalObjective(penalty=dynamic_regularizer))

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from fedml.config.sections import ComponentSettings, read_settings
-from fedml.core.algorithms.base import LocalObjective
+from fedml.core.algorithms.base import LocalObjective, total
 from fedml.core.algorithms.fedavg import FedAvg
 
 
@@ -47,5 +47,4 @@ class FedProx(FedAvg):
         self, params: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
         """Return ``mu/2 * sum ||params - global_state||^2`` over the trainable parameters."""
-        total = sum((p - global_state[name]).pow(2).sum() for name, p in params.items())
-        return 0.5 * self.mu * total
+        return 0.5 * self.mu * total((p - global_state[name]).pow(2).sum() for name, p in params.items())

@@ -20,6 +20,7 @@ from fedml.core.algorithms.base import (
     Update,
     individual_updates,
     local_steps,
+    total,
     train_locally,
 )
 from fedml.core.algorithms.fedavg import FedAvg
@@ -66,7 +67,7 @@ class Scaffold(FedAvg):
         def drift_correction(
             params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor]
         ) -> torch.Tensor:
-            return sum((correction[k] * p).sum() for k, p in params.items())
+            return total((correction[k] * p).sum() for k, p in params.items())
 
         update = train_locally(global_state, client, ctx, LocalObjective(penalty=drift_correction))
         scale = 1.0 / (local_steps(update, ctx.args) * ctx.args.learning_rate)

@@ -88,7 +88,7 @@ class MPITransport(ClosingContext):
         size = status.Get_count(self.MPI.BYTE)
         buffer = np.empty(size, dtype=np.uint8)
         self.comm.Recv([buffer, self.MPI.BYTE], source=status.Get_source(), tag=TAG)
-        return decode(buffer, self.max_bytes)
+        return decode(buffer.data, self.max_bytes)
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job (``MPI_Abort``); used after a fatal error so no rank hangs."""

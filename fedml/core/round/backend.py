@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from fedml.core.algorithms import Algorithm, Client, RoundContext, RoundResults, Update
+from fedml.core.algorithms.base import Aggregator, Trainer
 from fedml.core.steps import ClientStep, check_compatibility, prepare_client, run_client_steps
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
-    from fedml.ml import ClientTrainer, ServerAggregator
     from fedml.tracking import RunResult
 
 
@@ -126,8 +126,8 @@ class LocalBackend:
         data: Callable[[int], ClientData],
         client_num: int,
         algorithm: Algorithm,
-        trainer: ClientTrainer,
-        aggregator: ServerAggregator,
+        trainer: Trainer,
+        aggregator: Aggregator,
         steps: Sequence[ClientStep] = (),
         batch_trainer: BatchTrainer | None = None,
         name: str = "sp",

@@ -14,6 +14,7 @@ import torch
 
 from fedml.core.aggregation import finite_states
 from fedml.core.algorithms import Algorithm, RoundContext, RoundResults, SummedUpdate, Update
+from fedml.core.algorithms.base import Aggregator, Checkpointable, Trainer
 from fedml.core.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedml.core.round.backend import Backend, RoundTask
 from fedml.core.sampling import sample_clients
@@ -23,7 +24,6 @@ from fedml.tracking import RunResult, RunTracker, progress
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
-    from fedml.ml import ClientTrainer, ServerAggregator
 
 
 class FederatedRound:
@@ -52,8 +52,8 @@ class FederatedRound:
         device: torch.device,
         test_data: ClientData | None,
         algorithm: Algorithm,
-        trainer: ClientTrainer,
-        aggregator: ServerAggregator,
+        trainer: Trainer,
+        aggregator: Aggregator,
         steps: Steps | None = None,
     ) -> None:
         self.args = args
@@ -102,7 +102,7 @@ class FederatedRound:
         if self.args.resume_from:
             checkpoint = load_checkpoint(self.args.resume_from)
             self.aggregator.set_model_params(checkpoint.model_state)
-            if checkpoint.algorithm_state:
+            if checkpoint.algorithm_state and isinstance(self.algorithm, Checkpointable):
                 self.algorithm.load_state_dict(checkpoint.algorithm_state)
             self.first_round = checkpoint.rounds_done
             self.log.info("Resumed from %s after round %d", self.args.resume_from, self.first_round)
@@ -127,8 +127,8 @@ class FederatedRound:
 
     def checkpoint(self, rounds_done: int) -> None:
         """Save the global model and the algorithm's state in the run directory's ``checkpoint.pt``."""
-        state_dict = getattr(self.algorithm, "state_dict", None)
-        algorithm_state = state_dict() if state_dict is not None else {}
+        algorithm = self.algorithm
+        algorithm_state = algorithm.state_dict() if isinstance(algorithm, Checkpointable) else {}
         checkpoint = Checkpoint(rounds_done, self.aggregator.get_model_params(), algorithm_state)
         save_checkpoint(self.tracker.run_dir / CHECKPOINT_FILE, checkpoint)
 

@@ -24,9 +24,12 @@ from typing import Protocol
 
 
 class ParticipationPolicy(Protocol):
-    """Decides when a stage is complete; ``timeout`` is each stage's deadline in seconds."""
+    """Decides when a stage is complete."""
 
-    timeout: float
+    @property
+    def timeout(self) -> float:
+        """Each stage's deadline, in seconds."""
+        ...
 
     def selection_size(self, wanted: int) -> int:
         """Return how many clients to select for a stage that needs ``wanted`` results."""
