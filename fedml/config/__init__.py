@@ -275,7 +275,8 @@ def _section_errors(name: str, model: type[Section], exc: ValidationError) -> li
 def _cross_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Check across keys: names against their registries, then each component's own cross-check."""
     from fedml.core.algorithms import ALGORITHMS
-    from fedml.data import DATASETS, partition_methods
+    from fedml.data import DATASETS
+    from fedml.data.partition import PARTITIONERS
     from fedml.model import MODELS
 
     train, data = sections["train_args"], sections["data_args"]
@@ -292,15 +293,10 @@ def _cross_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
         (DATASETS, data.dataset),
         (MODELS, sections["model_args"].model),
         (ALGORITHMS, train.federated_optimizer),
+        (PARTITIONERS, data.partition_method),
     ):
         if value not in registry:
             errors.append((registry.key, registry.unknown(value).partition(": ")[2]))
-    methods, method = partition_methods(), data.partition_method
-    if method not in methods:
-        hint = _suggest(method, methods)
-        errors.append(
-            ("data_args.partition_method", f"unknown name {method!r}{hint}; valid: {', '.join(methods)}")
-        )
     for component in {type(section) for section in sections.values()}:
         for model in component.__mro__:
             if (

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedml.core.registry import Registry
 from fedml.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ class Partitioner(Protocol):
         ...
 
 
-_PARTITIONERS: dict[str, Partitioner] = {}
+PARTITIONERS: Registry[Partitioner] = Registry("partition method", key="data_args.partition_method")
+"""The ``data_args.partition_method`` names."""
 
 
 def register_partitioner(name: str, fn: Partitioner) -> None:
@@ -49,14 +51,12 @@ def register_partitioner(name: str, fn: Partitioner) -> None:
         Called as ``fn(labels, num_clients, rng, alpha=..., shards_per_client=...)``.
 
     """
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"a partitioner name must be a non-empty string, got {name!r}")
-    _PARTITIONERS[name] = fn
+    PARTITIONERS.register(name, fn, replace=True)
 
 
 def partition_methods() -> list[str]:
     """Return the registered partition method names, sorted."""
-    return sorted(_PARTITIONERS)
+    return PARTITIONERS.names()
 
 
 def partition_labels(
@@ -97,11 +97,7 @@ def partition_labels(
     True
 
     """
-    fn = _PARTITIONERS.get(method)
-    if fn is None:
-        raise ConfigError(
-            f"data_args.partition_method: unknown method {method!r}; valid: {', '.join(partition_methods())}"
-        )
+    fn = PARTITIONERS.get(method)
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise DataError(f"labels must be 1-D, got shape {labels.shape}")
