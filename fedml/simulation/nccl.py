@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,9 +18,9 @@ from torch import nn
 from fedml.core.algorithms import SummedUpdate
 from fedml.core.comm import BROADCAST, Message, MessageKind, decode, encode
 from fedml.core.round import LocalBackend, RoundTask, assign_clients, usable_updates
-from fedml.core.round.remote import pack_assignment, unpack_assignment
+from fedml.core.round.remote import pack_assignment, pack_outcome, unpack_assignment, unpack_outcome
 from fedml.core.steps import check_compatibility
-from fedml.errors import FedMLError, ProtocolError
+from fedml.errors import ProtocolError
 from fedml.ml import ClientTrainer, ServerAggregator
 from fedml.simulation.base import Simulator
 from fedml.simulation.launch import LaunchInfo, detect_launch
@@ -193,15 +192,7 @@ class AllReduceBackend:
 
     def close(self, result: RunResult | None, error: BaseException | None) -> None:
         """Broadcast the end of the run (the result with the final state, or the error)."""
-        metadata: dict[str, Any] = {"error": f"{type(error).__name__}: {error}"}
-        state: dict[str, torch.Tensor] = {}
-        if result is not None:
-            metadata = {
-                "final_metrics": result.final_metrics,
-                "history": result.history,
-                "run_dir": str(result.run_dir),
-            }
-            state = result.model_state
+        metadata, state = pack_outcome(result, error)
         self.share.broadcast(Message(MessageKind.FINISH, "0", BROADCAST, -1, metadata, state))
 
 
@@ -216,12 +207,7 @@ class AllReduceWorker:
         while True:
             message = self.share.broadcast(None)
             if message.kind == MessageKind.FINISH:
-                meta = message.metadata
-                if "error" in meta:
-                    raise FedMLError(f"rank 0 ended the run: {meta['error']}")
-                return RunResult(
-                    meta["final_metrics"], meta["history"], Path(meta["run_dir"]), message.tensors
-                )
+                return unpack_outcome(message, "rank 0")
             if message.kind != MessageKind.SYNC_MODEL:
                 raise ProtocolError(f"rank {self.share.rank}: unexpected broadcast {message.describe()}")
             self.share.train(message)

@@ -393,15 +393,7 @@ class RemoteBackend:
 
     def close(self, result: RunResult | None, error: BaseException | None) -> None:
         """Tell every online peer to stop, with the run's result or the error."""
-        metadata: dict[str, Any] = {"error": f"{type(error).__name__}: {error}"}
-        state: dict[str, torch.Tensor] = {}
-        if result is not None:
-            metadata = {
-                "final_metrics": result.final_metrics,
-                "history": result.history,
-                "run_dir": str(result.run_dir),
-            }
-            state = result.model_state
+        metadata, state = pack_outcome(result, error)
         for peer_id, peer in self.peers.items():
             if not peer.online:
                 continue
@@ -607,16 +599,43 @@ class RoundWorker:
         return TRAIN.reply, metadata, tensors
 
     def _result(self, message: Message) -> RunResult:
-        if "error" in message.metadata:
-            raise FedMLError(f"the server ended the run: {message.metadata['error']}")
-        meta = message.metadata
-        self.log.info("Finished; the server saved the run in %s", meta.get("run_dir"))
-        return RunResult(
-            dict(meta.get("final_metrics", {})),
-            list(meta.get("history", [])),
-            Path(meta.get("run_dir", ".")),
-            message.tensors,
-        )
+        result = unpack_outcome(message, "the server")
+        self.log.info("Finished; the server saved the run in %s", result.run_dir)
+        return result
+
+
+def pack_outcome(
+    result: RunResult | None, error: BaseException | None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Return the metadata and tensors of a ``FINISH`` message: the run's result, or the error."""
+    if result is None:
+        return {"error": f"{type(error).__name__}: {error}"}, {}
+    metadata = {
+        "final_metrics": result.final_metrics,
+        "history": result.history,
+        "run_dir": str(result.run_dir),
+    }
+    return metadata, result.model_state
+
+
+def unpack_outcome(message: Message, sender: str) -> RunResult:
+    """Return the ``RunResult`` a ``FINISH`` message carries.
+
+    Raises
+    ------
+    FedMLError
+        If the run failed: the message says why, naming ``sender`` as the one that ended it.
+
+    """
+    meta = message.metadata
+    if "error" in meta:
+        raise FedMLError(f"{sender} ended the run: {meta['error']}")
+    return RunResult(
+        dict(meta.get("final_metrics", {})),
+        list(meta.get("history", [])),
+        Path(meta.get("run_dir", ".")),
+        message.tensors,
+    )
 
 
 def peer_order(peer: str) -> tuple[int, int, str]:
