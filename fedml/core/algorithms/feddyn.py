@@ -102,10 +102,13 @@ class FedDyn(FedAvg):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the gradient states, for checkpoints."""
-        return {"server_state": dict(self.server_state), "client_states": dict(self.client_states)}
+        """Return a copy of the gradient states, for checkpoints (later rounds do not change it)."""
+        return {
+            "server_state": dict(self.server_state),
+            "client_states": {c: dict(v) for c, v in self.client_states.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore gradient states saved by ``state_dict``."""
+        """Restore gradient states saved by ``state_dict`` (copied: later rounds leave ``state`` alone)."""
         self.server_state = dict(state["server_state"])
-        self.client_states = dict(state["client_states"])
+        self.client_states = {c: dict(v) for c, v in state["client_states"].items()}

@@ -95,13 +95,16 @@ class Scaffold(FedAvg):
         return new_state
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the control variates, for checkpoints."""
-        return {"server_control": dict(self.server_control), "client_controls": dict(self.client_controls)}
+        """Return a copy of the control variates, for checkpoints (later rounds do not change it)."""
+        return {
+            "server_control": dict(self.server_control),
+            "client_controls": {c: dict(v) for c, v in self.client_controls.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore control variates saved by ``state_dict``."""
+        """Restore control variates saved by ``state_dict`` (copied: later rounds leave ``state`` alone)."""
         self.server_control = dict(state["server_control"])
-        self.client_controls = dict(state["client_controls"])
+        self.client_controls = {c: dict(v) for c, v in state["client_controls"].items()}
 
 
 def _part(

@@ -81,6 +81,9 @@ def rank_of(peer: str, world_size: int) -> int:
         If ``peer`` is not the decimal id of a rank in ``0 .. world_size - 1``.
 
     """
-    if not (isinstance(peer, str) and peer.isdecimal() and int(peer) < world_size):
+    # Only the canonical spelling ("3", not "03" or other Unicode digits): one rank, one peer id.
+    if not (isinstance(peer, str) and peer.isascii() and peer.isdecimal() and str(int(peer)) == peer):
+        raise TransportError(f"no rank {peer!r:.40} (world size {world_size})")
+    if int(peer) >= world_size:
         raise TransportError(f"no rank {peer!r:.40} (world size {world_size})")
     return int(peer)

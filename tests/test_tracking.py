@@ -1,0 +1,275 @@
+import io
+import json
+import logging
+import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fedml import tracking
+from fedml.tracking import RunResult, RunTracker, configure_logging, progress, role_logger
+
+STAMP = "20240102-030405"
+
+
+@pytest.fixture
+def fixed_clock(monkeypatch):
+    """Make every run directory carry the timestamp ``STAMP``."""
+    monkeypatch.setattr(tracking.time, "strftime", lambda fmt: STAMP)
+
+
+@contextmanager
+def bare_logging():
+    """Strip the root and ``fedml`` loggers of handlers and the ``fedml`` level; restore them on exit.
+
+    Used inside the test body, because pytest adds its capturing handlers to the root logger only then.
+    """
+    root, fedml_logger = logging.getLogger(), logging.getLogger("fedml")
+    saved = [(lg, lg.handlers[:], lg.level) for lg in (root, fedml_logger)]
+    for lg in (root, fedml_logger):
+        lg.handlers = []
+    fedml_logger.setLevel(logging.NOTSET)
+    try:
+        yield fedml_logger
+    finally:
+        for lg, handlers, level in saved:
+            lg.handlers = handlers
+            lg.setLevel(level)
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_run_directory_is_timestamp_dataset_model_and_optimizer(make_args, tmp_path):
+    args = make_args()
+
+    tracker = RunTracker(args)
+
+    assert tracker.run_dir.parent == tmp_path / "runs"
+    assert re.fullmatch(r"\d{8}-\d{6}-mnist-lr-FedAvg", tracker.run_dir.name)
+    assert tracker.run_dir.is_dir()
+
+
+def test_run_name_replaces_the_default_name(make_args, fixed_clock):
+    tracker = RunTracker(make_args(run_name="exp-1", federated_optimizer="FedProx"))
+
+    assert tracker.run_dir.name == f"{STAMP}-exp-1"
+
+
+def test_runs_started_in_the_same_second_get_numbered_directories(make_args, fixed_clock):
+    args = make_args()
+
+    names = [RunTracker(args).run_dir.name for _ in range(3)]
+
+    assert names == [f"{STAMP}-mnist-lr-FedAvg", f"{STAMP}-mnist-lr-FedAvg-2", f"{STAMP}-mnist-lr-FedAvg-3"]
+
+
+def test_config_yaml_is_the_resolved_configuration(make_args):
+    args = make_args(comm_round=3, learning_rate=0.05)
+
+    tracker = RunTracker(args)
+    written = yaml.safe_load((tracker.run_dir / "config.yaml").read_text(encoding="utf-8"))
+
+    assert written == args.to_dict()
+    assert written["train_args"]["comm_round"] == 3
+    assert written["train_args"]["learning_rate"] == 0.05
+
+
+def test_config_yaml_keeps_the_section_order(make_args):
+    args = make_args()
+
+    tracker = RunTracker(args)
+    written = yaml.safe_load((tracker.run_dir / "config.yaml").read_text(encoding="utf-8"))
+
+    assert list(written) == list(args.to_dict())
+
+
+def test_each_log_round_appends_one_metrics_line_at_once(make_args):
+    tracker = RunTracker(make_args())
+    metrics = tracker.run_dir / "metrics.jsonl"
+
+    first = tracker.log_round(0, {"accuracy": 0.5, "loss": 1.25}, train_loss=2.0)
+    after_one = lines_of(metrics)
+    second = tracker.log_round(4, {"accuracy": 0.75, "loss": 0.5}, train_loss=1.0)
+
+    assert after_one == [first]
+    assert lines_of(metrics) == [first, second]
+    assert tracker.history == [first, second]
+    assert {k: first[k] for k in ("round", "test_accuracy", "test_loss", "train_loss")} == {
+        "round": 1,
+        "test_accuracy": 0.5,
+        "test_loss": 1.25,
+        "train_loss": 2.0,
+    }
+    assert second["round"] == 5
+    assert 0 <= first["seconds"] <= second["seconds"]
+
+
+def test_log_round_stores_plain_floats(make_args):
+    tracker = RunTracker(make_args())
+
+    record = tracker.log_round(0, {"accuracy": torch.tensor(0.25), "loss": 3}, train_loss=torch.tensor(1.5))
+
+    assert [type(record[k]) for k in ("test_accuracy", "test_loss", "train_loss")] == [float, float, float]
+    assert record["test_loss"] == 3.0
+
+
+def test_start_and_log_round_write_role_prefixed_lines(make_args, caplog):
+    tracker = RunTracker(make_args(comm_round=4))
+
+    with caplog.at_level(logging.INFO, logger="fedml"):
+        tracker.start(client_num=10)
+        tracker.log_round(1, {"accuracy": 0.875, "loss": 0.1}, train_loss=0.2)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "[FedML-Server(0)]: Dataset: mnist, Clients: 10, Rounds: 4, Algorithm: FedAvg",
+        "[FedML-Server(0)]: Round 2: Training completed with accuracy 87.5%.",
+    ]
+
+
+def test_finish_saves_the_model_and_returns_the_result(make_args, caplog):
+    tracker = RunTracker(make_args(save_model=True))
+    tracker.log_round(0, {"accuracy": 0.5, "loss": 1.0}, train_loss=1.5)
+    last = tracker.log_round(1, {"accuracy": 0.625, "loss": 0.75}, train_loss=1.0)
+    state = {"w": torch.arange(3.0), "n": torch.tensor(7)}
+
+    with caplog.at_level(logging.INFO, logger="fedml"):
+        result = tracker.finish(state)
+
+    saved = torch.load(tracker.run_dir / "model.pt", weights_only=True)
+    assert set(saved) == {"w", "n"}
+    assert torch.equal(saved["w"], state["w"])
+    assert torch.equal(saved["n"], state["n"])
+    assert isinstance(result, RunResult)
+    assert result.final_metrics == last
+    assert result.history == tracker.history
+    assert result.run_dir == tracker.run_dir
+    assert result.model_state is state
+    assert "[FedML-Server(0)]: Final Accuracy after Round 2: 62.5%." in [
+        r.getMessage() for r in caplog.records
+    ]
+
+
+def test_finish_without_save_model_writes_no_model(make_args):
+    tracker = RunTracker(make_args(save_model=False))
+    tracker.log_round(0, {"accuracy": 0.5, "loss": 1.0}, train_loss=1.5)
+
+    result = tracker.finish({"w": torch.zeros(1)})
+
+    assert not (tracker.run_dir / "model.pt").exists()
+    assert len(lines_of(tracker.run_dir / "metrics.jsonl")) == 1
+    assert result.final_metrics["round"] == 1
+
+
+def test_finish_without_evaluated_rounds_has_empty_final_metrics(make_args, caplog):
+    tracker = RunTracker(make_args())
+
+    with caplog.at_level(logging.INFO, logger="fedml"):
+        result = tracker.finish({"w": torch.zeros(1)})
+
+    assert result.final_metrics == {}
+    assert result.history == []
+    assert not any("Final Accuracy" in r.getMessage() for r in caplog.records)
+    assert (tracker.run_dir / "metrics.jsonl").read_text(encoding="utf-8") == ""
+
+
+def test_fail_writes_the_error_and_keeps_the_metrics_so_far(make_args):
+    tracker = RunTracker(make_args(save_model=True))
+    record = tracker.log_round(0, {"accuracy": 0.5, "loss": 1.0}, train_loss=1.5)
+
+    tracker.fail(ValueError("client 3 diverged"))
+
+    assert (tracker.run_dir / "error.txt").read_text(encoding="utf-8") == "ValueError: client 3 diverged\n"
+    assert lines_of(tracker.run_dir / "metrics.jsonl") == [record]
+    assert not (tracker.run_dir / "model.pt").exists()
+
+
+def test_a_successful_run_writes_no_error_file(make_args):
+    tracker = RunTracker(make_args())
+
+    tracker.finish({})
+
+    assert not (tracker.run_dir / "error.txt").exists()
+
+
+def test_role_logger_prefixes_the_role_and_rank(caplog):
+    with caplog.at_level(logging.INFO, logger="fedml"):
+        role_logger("Server", 0).info("hello %s", "world")
+        role_logger("Client", 3).warning("late by %d s", 2)
+
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("fedml", logging.INFO, "[FedML-Server(0)]: hello world"),
+        ("fedml", logging.WARNING, "[FedML-Client(3)]: late by 2 s"),
+    ]
+
+
+def test_role_logger_can_use_another_logger(caplog):
+    with caplog.at_level(logging.INFO, logger="fedml.custom"):
+        role_logger("Server", 0, name="fedml.custom").info("x")
+
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [("fedml.custom", "[FedML-Server(0)]: x")]
+
+
+def test_configure_logging_prints_bare_lines_to_stdout_when_nothing_is_configured(capsys):
+    with bare_logging() as fedml_logger:
+        configure_logging()
+        configure_logging()
+        role_logger("Server", 0).info("Round %d", 1)
+        fedml_logger.debug("hidden")
+        handlers, level = list(fedml_logger.handlers), fedml_logger.level
+
+    assert len(handlers) == 1
+    assert level == logging.INFO
+    assert capsys.readouterr().out == "[FedML-Server(0)]: Round 1\n"
+
+
+def test_configure_logging_adds_no_handler_when_the_app_configured_logging():
+    app_handler = logging.StreamHandler(io.StringIO())
+
+    with bare_logging() as fedml_logger:
+        logging.getLogger().addHandler(app_handler)
+        configure_logging()
+        role_logger("Server", 0).warning("to the app")
+        fedml_handlers, root_handlers = list(fedml_logger.handlers), list(logging.getLogger().handlers)
+
+    assert fedml_handlers == []
+    assert root_handlers == [app_handler]
+    assert app_handler.stream.getvalue() == "[FedML-Server(0)]: to the app\n"
+
+
+def test_configure_logging_keeps_a_level_the_app_chose():
+    with bare_logging() as fedml_logger:
+        fedml_logger.setLevel(logging.WARNING)
+        configure_logging()
+        level = fedml_logger.level
+
+    assert level == logging.WARNING
+
+
+def test_progress_passes_items_through_when_stderr_is_not_a_tty(monkeypatch):
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    items = ["a", "b", "c"]
+
+    passed = progress(items, desc="clients")
+
+    assert not isinstance(passed, list)
+    assert list(passed) == items
+    assert stderr.getvalue() == ""
+
+
+def test_progress_shows_a_bar_on_a_terminal_and_still_yields_every_item(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stderr = Terminal()
+    monkeypatch.setattr(sys, "stderr", stderr)
+
+    assert list(progress([1, 2, 3], desc="clients")) == [1, 2, 3]
+    assert "clients" in stderr.getvalue()
