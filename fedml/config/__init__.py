@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from fedml.config.sections import BACKENDS, ComponentSettings, Section, compose
-from fedml.core.registry import suggest
+from fedml.core.registry import Registry, suggest
 from fedml.errors import ConfigError
 
 
@@ -39,11 +39,15 @@ class _Schema(Mapping[str, type[Section]]):
 
     def __init__(self) -> None:
         self._models: dict[str, type[Section]] = {}
+        self._stamp: tuple[tuple[int, int], ...] | None = None
         self._components: list[type[ComponentSettings]] | None = None
         self._sections_of: dict[str, list[str]] = {}
 
     def models(self) -> dict[str, type[Section]]:
         """Return the composed models, composing again if a component has registered since."""
+        stamp = tuple(registry.stamp() for registry in component_registries())
+        if stamp == self._stamp:
+            return self._models
         components = component_settings()
         if components != self._components:
             self._components = components
@@ -52,6 +56,7 @@ class _Schema(Mapping[str, type[Section]]):
             for name, model in self._models.items():
                 for key in model.model_fields:
                     self._sections_of.setdefault(key, []).append(name)
+        self._stamp = stamp
         return self._models
 
     def sections_of(self, key: str) -> list[str]:
@@ -74,17 +79,18 @@ class _Schema(Mapping[str, type[Section]]):
         return len(self.models())
 
 
-def component_settings() -> list[type[ComponentSettings]]:
-    """Return the settings models that the algorithm, step and dataset registries declare."""
+def component_registries() -> tuple[Registry[Any], ...]:
+    """Return the registries whose entries declare YAML keys: algorithms, steps and datasets."""
     from fedml.core.algorithms import ALGORITHMS
     from fedml.core.steps import CLIENT_STEPS, SERVER_STEPS
     from fedml.data import DATASETS
 
-    return [
-        model
-        for registry in (ALGORITHMS, CLIENT_STEPS, SERVER_STEPS, DATASETS)
-        for model in registry.settings_models()
-    ]
+    return (ALGORITHMS, CLIENT_STEPS, SERVER_STEPS, DATASETS)
+
+
+def component_settings() -> list[type[ComponentSettings]]:
+    """Return the settings models that the component registries declare."""
+    return [model for registry in component_registries() for model in registry.settings_models()]
 
 
 SECTIONS = _Schema()
@@ -111,6 +117,11 @@ class Arguments:
         run_id: str = "0",
     ) -> None:
         object.__setattr__(self, "_sections", dict(sections))
+        # Key -> its sections among these; flat reads are hot (once per client in a round).
+        homes = {
+            key: [s for s in names if s in sections] for key, names in SECTIONS.keys_to_sections().items()
+        }
+        object.__setattr__(self, "_homes", {key: names for key, names in homes.items() if names})
         self.config_file = config_file
         self.rank = rank
         self.role = role
@@ -120,7 +131,7 @@ class Arguments:
         sections = object.__getattribute__(self, "_sections")
         if name in sections:
             return sections[name]
-        homes = SECTIONS.sections_of(name)
+        homes = object.__getattribute__(self, "_homes").get(name)
         if homes:
             if len(homes) > 1:
                 raise ConfigError(
@@ -129,11 +140,11 @@ class Arguments:
                 )
             return getattr(sections[homes[0]], name)
         raise AttributeError(
-            f"'Arguments' has no attribute {name!r}{_suggest(name, SECTIONS.keys_to_sections())}"
+            f"'Arguments' has no attribute {name!r}{_suggest(name, object.__getattribute__(self, '_homes'))}"
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        homes = SECTIONS.sections_of(name)
+        homes = self._homes.get(name)
         if homes:
             for section in homes:
                 try:
@@ -142,7 +153,7 @@ class Arguments:
                     raise ConfigError(
                         _format_errors(self.config_file, [(f"{section}.{name}", _first_msg(exc))])
                     ) from exc
-        elif name in SECTIONS:
+        elif name in self._sections:
             raise AttributeError(f"section {name!r} cannot be replaced; set its keys instead")
         else:
             object.__setattr__(self, name, value)

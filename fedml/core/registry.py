@@ -52,6 +52,9 @@ class Registry(Generic[T]):
 
     """
 
+    changes = 0
+    """Counts registrations in every registry, so a cache built from registries knows when it is stale."""
+
     def __init__(self, kind: str, key: str, *, case_sensitive: bool = True) -> None:
         self.kind = kind
         self.key = key
@@ -84,6 +87,7 @@ class Registry(Generic[T]):
         name = self._normal(name)
         if name in self._entries and not replace:
             raise ConfigError(f"a {self.kind} named {name!r} is already registered")
+        Registry.changes += 1
         self._entries[name] = _lazy(entry, extra) if isinstance(entry, str) else entry
         if settings is not None:
             self._settings[name] = _lazy(settings, extra) if isinstance(settings, str) else settings
@@ -105,6 +109,10 @@ class Registry(Generic[T]):
         if entry is None:
             raise ConfigError(self.unknown(name))
         return self._resolve(name, entry)
+
+    def stamp(self) -> tuple[int, int]:
+        """Return a value that changes whenever this registry's settings may have changed (for caches)."""
+        return (Registry.changes, id(self._settings))
 
     def settings_models(self) -> list[Any]:
         """Return the settings models of the entries that declared one, in name order."""

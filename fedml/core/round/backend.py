@@ -162,17 +162,19 @@ class LocalBackend:
         """Train the task's clients from its state; return their updates in the task's client order."""
         ctx = RoundContext(task.round_idx, self.args, self.device, self.trainer, self.aggregator)
         state = task.global_state
-        clients = [
+        # A generator: one by one, a client's data (built lazily by some datasets) lives only while
+        # it trains; the vectorized engine needs them all at once anyway.
+        clients = (
             prepare_client(self.steps, Client(c, self.data(c), dict(task.payloads.get(c, {}))), ctx)
             for c in task.clients
-        ]
+        )
         if self.batch_trainer is not None:
             updates = self.batch_trainer(task.round_idx, state, [(c.idx, c.train_data) for c in clients])
-        else:
-            updates = [self.algorithm.client_update(state, client, ctx) for client in clients]
-        if not self.steps:
-            return updates
-        return [run_client_steps(self.steps, update, state, ctx) for update in updates]
+            return [run_client_steps(self.steps, update, state, ctx) for update in updates]
+        return [
+            run_client_steps(self.steps, self.algorithm.client_update(state, client, ctx), state, ctx)
+            for client in clients
+        ]
 
     def close(self, result: RunResult | None, error: BaseException | None) -> None:
         """Nothing to release."""
