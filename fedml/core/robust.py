@@ -24,15 +24,29 @@ from fedml.errors import AggregationError, ConfigError
 
 
 def coordinate_median(updates: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
-    """Return the coordinate-wise median of the states (the mean of the two middle values for even n).
+    """Return the coordinate-wise median of the states (``median_of_rows``: even n averages the middle two).
 
     Weights are ignored: a Byzantine client must not buy influence by claiming many samples.
     """
     matrix, weights = _stack(updates)
+    return _unflatten(median_of_rows(matrix), updates, weights)
+
+
+def median_of_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """Return the per-column median of ``matrix``; for an even number of rows, the mean of the middle two.
+
+    The one median of this module (the coordinate-wise median and Bulyan's centre), the statistical
+    convention rather than ``torch.median``'s lower middle value.
+
+    Examples
+    --------
+    >>> median_of_rows(torch.tensor([[1.0], [2.0], [4.0], [10.0]]))
+    tensor([3.])
+
+    """
     ordered = matrix.sort(dim=0).values
     n = ordered.shape[0]
-    middle = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
-    return _unflatten(middle, updates, weights)
+    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
 
 
 def trimmed_mean(updates: Sequence[WeightedState], trim_ratio: float) -> dict[str, torch.Tensor]:
@@ -89,6 +103,8 @@ def bulyan(updates: Sequence[WeightedState], byzantine_num: int) -> dict[str, to
 
     The selection set is the ``n - 2f`` best Krum scores of the full set (one scoring pass rather than
     El Mhamdi et al.'s re-scoring after each pick, which ties on its last picks and so depends on order).
+    The median is ``median_of_rows`` (even counts average the middle two, as ``coordinate_median``);
+    ties in the distance to it go to the update that comes first in client order.
 
     Raises
     ------
@@ -102,7 +118,7 @@ def bulyan(updates: Sequence[WeightedState], byzantine_num: int) -> dict[str, to
     selected = krum_select(updates, f, select_num=n - 2 * f)
     matrix, weights = _stack([updates[i] for i in sorted(selected)])
     beta = n - 4 * f
-    median = matrix.median(dim=0).values
+    median = median_of_rows(matrix)
     closest = (matrix - median).abs().argsort(dim=0, stable=True)[:beta]
     return _unflatten(matrix.gather(0, closest).mean(dim=0), updates, weights)
 

@@ -138,3 +138,47 @@ def test_integer_buffers_take_the_weighted_mean():
 def test_preconditions_name_the_numbers(call, match):
     with pytest.raises(AggregationError, match=match):
         call(states(8, 0))
+
+
+def one_dim(values):
+    return [(1.0, {"w": torch.tensor([float(v)])}) for v in values]
+
+
+@pytest.mark.parametrize(("values", "expected"), [([1, 2, 4, 10], 3.0), ([7, 1, 4], 4.0), ([5], 5.0)])
+def test_median_of_rows_averages_the_middle_pair_for_even_counts(values, expected):
+    assert robust.median_of_rows(torch.tensor([[float(v)] for v in values])).item() == expected
+    assert robust.coordinate_median(one_dim(values))["w"].item() == expected
+
+
+def test_bulyan_with_an_even_selection_centres_on_the_averaged_median():
+    # n = 8, f = 1: Krum keeps the 6 updates 0..5 (100 and 200 are far); their median is 2.5 (the
+    # lower middle value, torch.median's, would be 2); the n - 4f = 4 values nearest 2.5 are 1, 2, 3, 4.
+    assert robust.bulyan(one_dim([0, 1, 2, 3, 4, 5, 100, 200]), byzantine_num=1)["w"].item() == 2.5
+
+
+def test_bulyan_with_an_odd_selection_centres_on_the_middle_value():
+    # n = 7, f = 1: Krum keeps 0..4, median 2, the 3 nearest are 1, 2, 3.
+    assert robust.bulyan(one_dim([0, 1, 2, 3, 4, 100, 200]), byzantine_num=1)["w"].item() == 2.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 2).flatmap(
+        lambda f: st.tuples(
+            st.just(f),
+            st.lists(
+                st.lists(st.floats(-10, 10, allow_nan=False), min_size=3, max_size=3),
+                min_size=4 * f + 3 - f,
+                max_size=4 * f + 6 - f,
+            ),
+        )
+    )
+)
+def test_bulyan_output_lies_in_the_range_of_the_honest_updates(case):
+    f, honest = case
+    attackers = [[1e6 * (i + 1)] * 3 for i in range(f)]
+    updates = [(1.0, {"w": torch.tensor(row)}) for row in honest + attackers]
+    result = robust.bulyan(updates, byzantine_num=f)["w"]
+    low, high = torch.tensor(honest).min(dim=0).values, torch.tensor(honest).max(dim=0).values
+    assert torch.all(result >= low - 1e-5)
+    assert torch.all(result <= high + 1e-5)

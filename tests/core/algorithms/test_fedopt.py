@@ -120,12 +120,13 @@ def test_server_update_accepts_a_summed_update(make_args, make_ctx):
 def test_state_dict_holds_the_moments(make_args, make_ctx):
     algorithm = fedopt(make_args, server_optimizer="adam", server_momentum=0.9)
 
-    assert algorithm.state_dict() == {"momentum": {}, "variance": {}}
+    assert algorithm.state_dict() == {"momentum": {}, "variance": {}, "step": 0}
     algorithm.server_update({"w": torch.zeros(2)}, [update(0, 1, w=[2.0, -2.0])], make_ctx())
     state = algorithm.state_dict()
 
     assert set(state["momentum"]) == {"w"}
     assert set(state["variance"]) == {"w"}
+    assert state["step"] == 1
     assert torch.allclose(state["momentum"]["w"], torch.tensor([0.2, -0.2]))
 
 
@@ -148,3 +149,70 @@ def test_state_dict_round_trip_resumes_the_same_trajectory(make_args, make_ctx, 
 
 def test_client_payload_is_empty(make_args):
     assert fedopt(make_args).client_payload(0) == {}
+
+
+def one_step(make_args, make_ctx, **settings):
+    """One server step from w = 0 towards a client mean of 2 (so the pseudo-gradient is 2)."""
+    algorithm = fedopt(make_args, **settings)
+    state = algorithm.server_update({"w": torch.zeros(1)}, [update(0, 1, w=[2.0])], make_ctx())
+    return algorithm, state["w"].item()
+
+
+# Known answers by hand, with beta1 = 0.5, beta2 = 0.5, tau = 1, lr = 1 and a pseudo-gradient d = 2:
+# m = 0.5 * 0 + 0.5 * 2 = 1.
+HAND = {"server_momentum": 0.5, "server_beta2": 0.5, "server_epsilon": 1.0, "server_lr": 1.0}
+
+
+def test_fedadam_follows_reddi_algorithm_2_by_hand(make_args, make_ctx):
+    # v = 0.5 * tau^2 + 0.5 * d^2 = 2.5; step = m / (sqrt(v) + tau) = 1 / (sqrt(2.5) + 1).
+    _, w = one_step(make_args, make_ctx, server_optimizer="adam", **HAND)
+    assert w == pytest.approx(1 / (2.5**0.5 + 1), rel=1e-6)
+
+
+def test_fedyogi_by_hand(make_args, make_ctx):
+    # v = tau^2 - (1 - 0.5) * d^2 * sign(tau^2 - d^2) = 1 + 2 = 3; step = 1 / (sqrt(3) + 1).
+    _, w = one_step(make_args, make_ctx, server_optimizer="yogi", **HAND)
+    assert w == pytest.approx(1 / (3**0.5 + 1), rel=1e-6)
+
+
+def test_fedadagrad_keeps_the_beta1_momentum_by_hand(make_args, make_ctx):
+    # v = tau^2 + d^2 = 5; step = m / (sqrt(v) + tau) = 1 / (sqrt(5) + 1): m carries beta1.
+    _, w = one_step(make_args, make_ctx, server_optimizer="adagrad", **HAND)
+    assert w == pytest.approx(1 / (5**0.5 + 1), rel=1e-6)
+
+
+def test_fedavgm_by_hand(make_args, make_ctx):
+    # sgd: m = d = 2 in the first step, then m = 0.5 * 2 + d.
+    algorithm, w = one_step(make_args, make_ctx, server_optimizer="sgd", server_momentum=0.5, server_lr=1.0)
+    assert w == pytest.approx(2.0)
+    second = algorithm.server_update({"w": torch.tensor([2.0])}, [update(0, 1, w=[3.0])], make_ctx(1))
+    assert second["w"].item() == pytest.approx(2.0 + 0.5 * 2 + 1)
+
+
+def test_server_beta2_is_read_from_train_args(make_args, make_ctx):
+    _, default = one_step(make_args, make_ctx, server_optimizer="adam", server_epsilon=1.0, server_lr=1.0)
+    # beta1 0 (the default): m = d = 2; v = 0.99 + 0.01 * 4 = 1.03.
+    assert default == pytest.approx(2 / (1.03**0.5 + 1), rel=1e-6)
+    _, other = one_step(make_args, make_ctx, server_optimizer="adam", server_epsilon=1.0, server_beta2=0.9)
+    assert other == pytest.approx(2 / (1.3**0.5 + 1), rel=1e-6)
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match=r"train_args\.server_beta2"):
+            make_args(federated_optimizer="FedOpt", server_beta2=bad)
+
+
+def test_bias_correction_starts_v_at_zero_and_divides_both_moments(make_args, make_ctx):
+    # v = 0.5 * 0 + 0.5 * 4 = 2; m_hat = 1 / (1 - 0.5) = 2; v_hat = 2 / (1 - 0.5) = 4;
+    # step = m_hat / (sqrt(v_hat) + tau) = 2 / 3.
+    algorithm, w = one_step(make_args, make_ctx, server_optimizer="adam", server_bias_correction=True, **HAND)
+    assert w == pytest.approx(2 / 3, rel=1e-6)
+    assert algorithm.state_dict()["step"] == 1
+    restored = fedopt(make_args, server_optimizer="adam", server_bias_correction=True, **HAND)
+    restored.load_state_dict(algorithm.state_dict())
+    nxt = [update(0, 1, w=[1.0])]
+    expected = algorithm.server_update({"w": torch.tensor([w])}, nxt, make_ctx(1))
+    assert torch.equal(restored.server_update({"w": torch.tensor([w])}, nxt, make_ctx(1))["w"], expected["w"])
+
+
+def test_bias_correction_is_refused_where_there_is_nothing_to_correct(make_args):
+    with pytest.raises(ConfigError, match="server_bias_correction: applies to server_optimizer adam or yogi"):
+        make_args(federated_optimizer="FedOpt", server_optimizer="adagrad", server_bias_correction=True)
