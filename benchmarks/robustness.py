@@ -24,6 +24,7 @@ DEFENSES = [
     "bulyan",
     "norm_diff_clipping",
     "geometric_median",
+    ["norm_diff_clipping", "trimmed_mean"],
 ]
 ATTACKS = {
     "no attack": {},
@@ -33,7 +34,7 @@ ATTACKS = {
 }
 
 
-def accuracy(rounds: int, seed: int, attack: dict, defense: str | None, run_dir: str) -> float:
+def accuracy(rounds: int, seed: int, attack: dict, defense: str | list[str] | None, run_dir: str) -> float:
     """Return the final test accuracy of one run."""
     settings = {
         "client_num_in_total": 20,
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args()
     logging.getLogger("fedml").setLevel(logging.WARNING)
-    names = [d or "FedAvg (mean)" for d in DEFENSES]
+    names = ["FedAvg (mean)" if d is None else d if isinstance(d, str) else " -> ".join(d) for d in DEFENSES]
     print(f"{options.rounds} rounds, seed {options.seed}, 20 clients, 4 Byzantine; final test accuracy (%)\n")
     print("| attack | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
