@@ -31,6 +31,8 @@ _PREFIX = struct.Struct("<4sHIQ")
 DEFAULT_MAX_BYTES = 1 << 30
 """Default largest message accepted by ``decode`` (1 GiB)."""
 _MAX_DIMS = 32
+_MAX_DIM = 1 << 48
+"""Largest size of one tensor dimension, even in a tensor with no elements (torch cannot build more)."""
 
 DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
@@ -58,7 +60,10 @@ def encode(message: Message) -> bytes:
 
     """
     specs, chunks = [], []
+    _check_json(message.metadata, "metadata")
     for name, tensor in message.tensors.items():
+        if not isinstance(name, str):
+            raise ProtocolError(f"tensor name {name!r:.100} is not a string")
         if tensor.dtype not in _NAMES:
             raise ProtocolError(f"tensor {name!r} has dtype {tensor.dtype}, which cannot be sent")
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
@@ -169,11 +174,16 @@ def _read_tensors(specs: list[Any], payload: memoryview) -> dict[str, torch.Tens
         nbytes = math.prod(shape) * dtype.itemsize
         if offset + nbytes > len(payload):
             raise ProtocolError(f"tensor {name!r} needs {nbytes} bytes; only {len(payload) - offset} remain")
-        if nbytes:
-            flat = torch.frombuffer(bytearray(payload[offset : offset + nbytes]), dtype=torch.uint8)
-            tensors[name] = flat.view(dtype).reshape(shape)
-        else:
-            tensors[name] = torch.empty(shape, dtype=dtype)
+        try:
+            if nbytes:
+                flat = torch.frombuffer(bytearray(payload[offset : offset + nbytes]), dtype=torch.uint8)
+                if dtype == torch.bool and int(flat.max()) > 1:
+                    raise ProtocolError(f"tensor {name!r}: bool values must be bytes 0 or 1")
+                tensors[name] = flat.view(dtype).reshape(shape)
+            else:
+                tensors[name] = torch.empty(shape, dtype=dtype)
+        except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"tensor {name!r}: cannot be built from its description ({exc})") from exc
         offset += nbytes
     if offset != len(payload):
         raise ProtocolError(f"{len(payload) - offset} payload bytes are not claimed by any tensor")
@@ -190,7 +200,28 @@ def _check_spec(spec: Any) -> tuple[str, torch.dtype, list[int]]:
         raise ProtocolError(f"tensor {name!r}: dtype {dtype!r:.100} is not one of {', '.join(DTYPES)}")
     if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(_is_int(d) and d >= 0 for d in shape):
         raise ProtocolError(f"tensor {name!r}: shape must be a list of at most {_MAX_DIMS} sizes >= 0")
+    if math.prod(d for d in shape if d) > _MAX_DIM:
+        raise ProtocolError(f"tensor {name!r}: its dimensions multiply past {_MAX_DIM}")
     return name, DTYPES[dtype], shape
+
+
+def _check_json(value: Any, where: str) -> None:
+    """Refuse metadata that JSON would change on the way: non-string keys, tuples, other objects."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ProtocolError(
+                    f"message {where} has a non-string key {key!r:.50}, which JSON would change"
+                )
+            _check_json(item, f"{where}.{key}")
+        return
+    raise ProtocolError(f"message {where} is not JSON-able without change ({type(value).__name__})")
 
 
 def _is_int(value: Any) -> bool:

@@ -1,3 +1,4 @@
+import json
 import struct
 
 import pytest
@@ -183,3 +184,78 @@ def test_unsendable_metadata_and_dtypes_raise_protocol_error():
         encode(Message(MessageKind.INIT, "0", "1", metadata={"x": object()}))
     with pytest.raises(ProtocolError, match="cannot be sent"):
         encode(Message(MessageKind.INIT, "0", "1", tensors={"c": torch.zeros(2, dtype=torch.complex64)}))
+
+
+def _tensor_header(spec, metadata="{}"):
+    return (
+        b'{"kind":1,"sender":"0","receiver":"1","round":0,"metadata":'
+        + metadata.encode()
+        + b',"tensors":['
+        + json.dumps(spec).encode()
+        + b"]}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "payload"),
+    [([0, 2**64], b""), ([2**64, 0], b""), ([0, 2**47, 2**47], b""), ([2**40, 2**40], b"\0" * 8)],
+)
+def test_shapes_that_overflow_are_protocol_errors(shape, payload):
+    spec = {"name": "x", "dtype": "float32", "shape": shape}
+    with pytest.raises(ProtocolError, match="tensor 'x'"):
+        decode(_with_header(_tensor_header(spec), payload))
+
+
+def test_bool_bytes_other_than_zero_and_one_are_refused():
+    spec = {"name": "mask", "dtype": "bool", "shape": [2]}
+    assert decode(_with_header(_tensor_header(spec), b"\x01\x00")).tensors["mask"].tolist() == [True, False]
+    with pytest.raises(ProtocolError, match="bool values must be bytes 0 or 1"):
+        decode(_with_header(_tensor_header(spec), b"\x01\x02"))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "tensors", "match"),
+    [
+        ({1: "a"}, {}, "non-string key 1"),
+        ({"clients": (1, 2)}, {}, r"metadata\.clients is not JSON-able without change \(tuple\)"),
+        ({"nested": [{"ok": 1, 2: 3}]}, {}, "non-string key 2"),
+        ({}, {3: torch.zeros(1)}, "tensor name 3 is not a string"),
+    ],
+)
+def test_what_would_not_round_trip_is_refused_at_encode(metadata, tensors, match):
+    with pytest.raises(ProtocolError, match=match):
+        encode(Message(MessageKind.INIT, "0", "1", metadata=metadata, tensors=tensors))
+
+
+header_values = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.floats(),
+    st.lists(st.integers(-(2**66), 2**66), max_size=5),
+)
+
+
+@given(
+    field=st.sampled_from(
+        ["kind", "sender", "receiver", "round", "metadata", "tensors", "name", "dtype", "shape"]
+    ),
+    value=header_values,
+    payload=st.binary(max_size=64),
+)
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_edited_headers_only_ever_raise_protocol_error(field, value, payload):
+    header = {"kind": 1, "sender": "0", "receiver": "1", "round": 0, "metadata": {}, "tensors": []}
+    spec = {"name": "x", "dtype": "float32", "shape": [2]}
+    if field in spec:
+        spec[field] = value
+    else:
+        header[field] = value
+    header["tensors"] = header["tensors"] if field == "tensors" else [spec]
+    raw = json.dumps(header).encode()
+    try:
+        decoded = decode(_with_header(raw, payload))
+    except ProtocolError:
+        return
+    assert all(isinstance(t, torch.Tensor) for t in decoded.tensors.values())
