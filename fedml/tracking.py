@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -122,7 +123,9 @@ class RunTracker:
             "seconds": round(time.perf_counter() - self.started, 4),
         }
         self.history.append(record)
-        self._metrics.write(json.dumps(record) + "\n")
+        # Strict JSON: a non-finite value (train_loss of a round whose clients had no samples) is null.
+        line = {k: v if math.isfinite(v) else None for k, v in record.items()}
+        self._metrics.write(json.dumps(line, allow_nan=False) + "\n")
         self._metrics.flush()
         self.log.info(
             "Round %d: Training completed with accuracy %.1f%%.",

@@ -273,3 +273,20 @@ def test_progress_shows_a_bar_on_a_terminal_and_still_yields_every_item(monkeypa
 
     assert list(progress([1, 2, 3], desc="clients")) == [1, 2, 3]
     assert "clients" in stderr.getvalue()
+
+
+def test_a_non_finite_value_is_written_as_null_so_every_line_is_strict_json(make_args):
+    import json as json_module
+
+    from fedml.tracking import RunTracker
+
+    tracker = RunTracker(make_args())
+    tracker.log_round(0, {"accuracy": 0.5, "loss": float("inf")}, float("nan"))
+    tracker.finish({})
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    (line,) = (tracker.run_dir / "metrics.jsonl").read_text().splitlines()
+    record = json_module.loads(line, parse_constant=refuse)
+    assert (record["train_loss"], record["test_loss"], record["test_accuracy"]) == (None, None, 0.5)

@@ -113,8 +113,7 @@ def bulyan(updates: Sequence[WeightedState], byzantine_num: int) -> dict[str, to
 
     """
     n, f = len(updates), byzantine_num
-    if f < 0 or n < 4 * f + 3:
-        raise AggregationError(f"Bulyan needs n >= 4f + 3 updates: {n} updates, byzantine_client_num {f}")
+    _require_bulyan(n, f)
     selected = krum_select(updates, f, select_num=n - 2 * f)
     matrix, weights = _stack([updates[i] for i in sorted(selected)])
     beta = n - 4 * f
@@ -181,6 +180,11 @@ def geometric_median(
             break
         median = updated
     return _unflatten(median, updates, weights)
+
+
+def _require_bulyan(n: int, f: int) -> None:
+    if f < 0 or n < 4 * f + 3:
+        raise AggregationError(f"Bulyan needs n >= 4f + 3 updates: {n} updates, byzantine_client_num {f}")
 
 
 def _require_krum(n: int, f: int, select_num: int) -> None:
@@ -276,6 +280,30 @@ def defense_chain(defense: Any) -> list[str]:
         return []
     kind = defense.defense_type
     return [kind] if isinstance(kind, str) else list(kind)
+
+
+def chain_preconditions(names: Sequence[str], defense: Any, updates: int) -> list[str]:
+    """Return the preconditions a chain of rules breaks with ``updates`` updates a round, before any run.
+
+    The same checks as the rules make at aggregation, made from the configuration: Krum's and
+    Bulyan's ``n`` against ``byzantine_client_num`` and multi-Krum's ``krum_param_m``. A Krum step
+    passes on the updates it keeps (1, or ``krum_param_m``) to the next rule.
+    """
+    problems = []
+    n, f = updates, defense.byzantine_client_num
+    for name in names:
+        try:
+            if name in ("krum", "multikrum"):
+                _require_krum(n, f, defense.krum_param_m if name == "multikrum" else 1)
+            elif name == "bulyan":
+                _require_bulyan(n, f)
+        except AggregationError as exc:
+            problems.append(f"{exc} (with train_args.client_num_per_round {updates})")
+        if name == "krum":
+            n = 1
+        elif name == "multikrum":
+            n = min(defense.krum_param_m, n)
+    return problems
 
 
 def chain_problems(names: Sequence[str]) -> list[str]:

@@ -17,7 +17,13 @@ from pydantic import Field
 
 from fedml.config.sections import ComponentSettings
 from fedml.core.algorithms.base import RoundContext, Update
-from fedml.core.robust import aggregation_rule_names, chain_problems, create_selection_rules, defense_chain
+from fedml.core.robust import (
+    aggregation_rule_names,
+    chain_preconditions,
+    chain_problems,
+    create_selection_rules,
+    defense_chain,
+)
 from fedml.core.steps import ServerStep
 
 
@@ -48,7 +54,10 @@ class DefenseArgs(ComponentSettings):
         chain = [defense.defense_type] if isinstance(defense.defense_type, str) else defense.defense_type
         if not chain:
             return [(key, "the list of rules is empty")]
-        return [(key, problem) for problem in chain_problems(chain)]
+        problems = chain_problems(chain)
+        if not problems and defense.enable_defense:
+            problems = chain_preconditions(chain, defense, sections["train_args"].client_num_per_round)
+        return [(key, problem) for problem in problems]
 
 
 class DefenseStep(ServerStep):

@@ -7,6 +7,8 @@ from fedml.core.robust import clip_to_norm, create_aggregation_rule, norm_diff_c
 from fedml.core.steps import build_steps
 from fedml.errors import ConfigError
 
+from ...conftest import ROOT
+
 
 def updates(n=7, seed=0):
     generator = torch.Generator().manual_seed(seed)
@@ -79,3 +81,29 @@ def test_a_chain_from_yaml_runs_end_to_end(make_args, tmp_path):
     dataset, output_dim = fedml.data.load(args)
     result = fedml.FedMLRunner(args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim)).run()
     assert result.final_metrics["test_accuracy"] > 0.5
+
+
+def test_preconditions_from_the_config_fail_at_load_before_a_run_directory_exists(make_args, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"Krum needs n >= 2f \+ 3 updates: 5 updates, byzantine_client_num 2"
+    ):
+        make_args(client_num_per_round=5, enable_defense=True, defense_type="krum", byzantine_client_num=2)
+    with pytest.raises(
+        ConfigError, match=r"Bulyan needs n >= 4f \+ 3 updates: 5 updates, byzantine_client_num 1"
+    ):
+        make_args(
+            enable_defense=True, defense_type=["multikrum", "bulyan"], byzantine_client_num=1, krum_param_m=5
+        )
+    assert not (tmp_path / "runs").exists()
+    make_args(
+        enable_defense=True, defense_type=["multikrum", "bulyan"], byzantine_client_num=1, krum_param_m=7
+    )
+
+
+def test_the_robustness_guides_yaml_loads_as_written(make_args, tmp_path):
+    text = (ROOT / "docs" / "robustness.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "guide.yaml"
+    config.write_text(block)
+    args = make_args(config)
+    assert (args.defense_args.defense_type, args.attack_args.byzantine_client_num) == ("krum", 4)
