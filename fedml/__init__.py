@@ -96,6 +96,13 @@ def run_simulation(
         result.final_metrics["test_accuracy"]  # about 0.8
 
     """
+    _, _, from_command_line = parse_command_line(argv)
+    for key, value in [*from_command_line.items(), *overrides.items()]:
+        if key.rpartition(".")[2] == "training_type" and value != "simulation":
+            raise ConfigError(
+                f"{key}={value} contradicts run_simulation (fedml simulate), which runs a simulation; "
+                "use fedml.init() and FedMLRunner (fedml run --cf FILE) for other training types"
+            )
     extra: dict[str, Any] = {"training_type": "simulation", **overrides}
     if backend is not None:
         extra["backend"] = backend

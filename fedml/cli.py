@@ -21,6 +21,25 @@ commands:
   env        print versions of fedml, Python, torch and the optional backends
 """
 
+COMMAND_USAGE = {
+    "simulate": """usage: fedml simulate [--cf FILE] [key=value ...]
+
+Run a simulation in this process (backend sp unless the file or an override says MPI or NCCL):
+FedAvg on MNIST with 10 clients and 50 rounds unless told otherwise. Overrides are YAML scalars,
+flat (comm_round=5) or dotted (train_args.learning_rate=0.1); docs/configuration.md lists every key.
+""",
+    "run": """usage: fedml run --cf FILE [--rank N] [--role server|client] [key=value ...]
+
+Run what the file's common_args.training_type and comm_args.backend say, the five-step way
+(fedml.init, data.load, model.create, FedMLRunner(...).run()).
+""",
+    "env": """usage: fedml env
+
+Print the versions of fedml, Python and torch, and which optional backends are installed.
+""",
+}
+"""``fedml <command> --help``."""
+
 EXIT_CODES: tuple[tuple[type[FedMLError], int], ...] = (
     (ConfigError, 2),
     (NotSupportedError, 3),
@@ -40,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in commands:
         sys.stderr.write(f"fedml: error: unknown command {command!r}\n{USAGE}")
         return 2
+    if {"-h", "--help"} & set(rest):
+        sys.stdout.write(COMMAND_USAGE[command])
+        return 0
     try:
         commands[command](rest)
     except FedMLError as exc:

@@ -33,3 +33,17 @@ def test_env_and_unknown_command():
     bad = run_python("-m", "fedml", "frobnicate")
     assert bad.returncode == 2
     assert "unknown command 'frobnicate'" in bad.stderr
+
+
+def test_every_subcommand_has_help():
+    for command in ("simulate", "run", "env"):
+        out = run_python("-m", "fedml", command, "--help")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"usage: fedml {command}")
+
+
+def test_simulate_refuses_a_contradicting_training_type(tmp_path):
+    out = run_python("-m", "fedml", "simulate", "training_type=cross_silo", f"run_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "training_type=cross_silo contradicts run_simulation (fedml simulate)" in out.stderr
+    assert not any(tmp_path.iterdir())

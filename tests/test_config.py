@@ -186,3 +186,27 @@ def test_an_unknown_optimizer_is_named_with_the_closest_one():
         load_arguments(overrides={"federated_optimizer": "FedAdam"})
     with pytest.raises(ConfigError, match="did you mean FedProx"):
         load_arguments(overrides={"federated_optimizer": "fedprox"})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "section"),
+    [
+        ("batch_size", True, "train_args"),
+        ("comm_round", 2.5, "train_args"),
+        ("using_gpu", "yes", "device_args"),
+    ],
+)
+def test_a_bool_or_string_is_not_taken_for_a_number_or_a_bool(key, value, section):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be a valid"):
+        load_arguments(overrides={key: value})
+
+
+def test_a_file_that_is_not_utf8_and_an_override_that_is_not_yaml_are_one_clear_line(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train_args: {comm_round: 5}  # réglé\n".encode("latin-1"))
+    with pytest.raises(
+        ConfigError, match=r"latin1\.yaml: not a UTF-8 text file \(byte 32: invalid continuation byte\)"
+    ):
+        load_arguments(path)
+    with pytest.raises(ConfigError, match=r"override 'learning_rate=\[1': the value is not valid YAML"):
+        parse_command_line(["learning_rate=[1"])

@@ -248,7 +248,11 @@ def parse_command_line(
                 f"unrecognised command-line argument {token!r}; expected --cf FILE, --rank N, --role NAME, "
                 "--run_id ID or key=value overrides such as comm_round=5"
             )
-        overrides[key] = yaml.safe_load(text) if text else ""
+        try:
+            overrides[key] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise ConfigError(f"override {token!r}: the value is not valid YAML ({problem})") from exc
     identity = {"rank": known.rank, "role": known.role, "run_id": known.run_id}
     return known.config_file, identity, overrides
 
@@ -258,6 +262,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -22,7 +22,7 @@ BACKENDS = ("sp", "MPI", "NCCL", "GRPC", "MQTT")
 class Section(BaseModel):
     """A YAML section: unknown keys are forbidden and assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class ComponentSettings(Section):
