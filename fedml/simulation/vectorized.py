@@ -228,6 +228,8 @@ def _batches(
     else:
         parts = [data.tensors() for _, data in clients]
         pooled_x, pooled_y = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+    # A batch never holds more than a client's data: a huge batch_size must not size the buffers.
+    batch = min(batch, max(len(data) for _, data in clients))
     max_steps = max(epochs * math.ceil(len(data) / batch) for _, data in clients)
     # Each client draws its epochs' permutations in the order ClientData.batches does; sample j of
     # epoch e then sits at step e * steps_per_epoch + j // batch, slot j % batch. One scatter lays out
