@@ -9,10 +9,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 demo: $(BIN)/python
+	@echo "Installing fedml and torch into $(VENV) (about 2 minutes the first time, seconds after)..."
 	$(BIN)/pip install -q -e .
 	$(BIN)/python -c "import fedml; fedml.run_simulation()"
 
 lint: $(BIN)/python
+	@echo "Installing fedml with its dev tools into $(VENV) (about 2 minutes the first time, seconds after)..."
 	$(BIN)/pip install -q -e ".[dev,mpi]"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -38,10 +38,19 @@ def role_logger(role: str, rank: int, name: str = "fedml") -> logging.LoggerAdap
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Print fedml's INFO lines to stdout, unless logging is already configured by the application."""
+    """Print fedml's INFO lines to stdout, unless logging is already configured by the application.
+
+    Under a launcher (mpirun, torchrun), ranks other than 0 print only the warnings of data loading,
+    so a job prints its data-loading lines once.
+    """
+    from fedml.simulation.launch import detect_launch
+
     logger = logging.getLogger("fedml")
     if logger.level == logging.NOTSET:
         logger.setLevel(level)
+    data_logger = logging.getLogger("fedml.data")
+    if detect_launch().rank != 0 and data_logger.level == logging.NOTSET:
+        data_logger.setLevel(logging.WARNING)
     if not logger.hasHandlers():
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))

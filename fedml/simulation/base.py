@@ -6,6 +6,7 @@ a backend, or serves as a worker over the same ``LocalBackend``.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -14,8 +15,11 @@ from torch import nn
 from fedml.core.algorithms import create_algorithm
 from fedml.core.round import FederatedRound, LocalBackend
 from fedml.core.steps import build_steps
+from fedml.errors import ConfigError
 from fedml.ml import ClientTrainer, ServerAggregator
 from fedml.simulation.engine import choose_engine
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fedml.data import ClientDataset
@@ -59,6 +63,7 @@ class Simulator:
         self.args = args
         self.device = device
         self.dataset = dataset
+        _follow_the_dataset(args, dataset)
         self.model = model.to(device)
         self.custom_trainer = client_trainer is not None
         self.trainer = client_trainer or ClientTrainer(model, args)
@@ -108,3 +113,32 @@ class Simulator:
     def run(self) -> RunResult:
         """Carry out the run and return its result."""
         raise NotImplementedError
+
+
+def _follow_the_dataset(args: Any, dataset: ClientDataset) -> None:
+    """Make ``client_num_in_total`` the dataset's client count, so the run samples and records the same.
+
+    A custom dataset may have another count than the configuration says; the dataset wins (it is what
+    trains) and the run directory's ``config.yaml`` records it.
+
+    Raises
+    ------
+    ConfigError
+        If the dataset has fewer clients than ``client_num_per_round``.
+
+    """
+    count = dataset.client_num
+    if count == args.client_num_in_total:
+        return
+    if count < args.client_num_per_round:
+        raise ConfigError(
+            f"the dataset has {count} clients, fewer than train_args.client_num_per_round "
+            f"{args.client_num_per_round}"
+        )
+    log.info(
+        "The dataset has %d clients, train_args.client_num_in_total said %d: the run uses %d",
+        count,
+        args.client_num_in_total,
+        count,
+    )
+    args.client_num_in_total = count

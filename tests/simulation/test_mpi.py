@@ -48,6 +48,7 @@ def test_mpi_example_with_three_ranks_matches_sp(tmp_path, sp_reference):
     )
     assert any(x.startswith("[FedML-Client(1)]: ") for x in lines)
     assert any(x.startswith("[FedML-Client(2)]: ") for x in lines)
+    assert sum(x.startswith("dataset mnist from") for x in lines) == 1
 
 
 def test_mpi_with_one_rank_is_a_clear_error(tmp_path):

@@ -168,3 +168,26 @@ def test_run_fedavg_returns_a_run_result(tmp_path):
 def test_other_models_train(make_args, name):
     result = simulate(make_args(model=name, comm_round=1, client_num_in_total=4, client_num_per_round=2))
     assert result.final_metrics["test_accuracy"] > 0.3
+
+
+def test_a_custom_dataset_with_another_client_count_is_what_the_run_samples_and_records(make_args, caplog):
+    caplog.set_level("INFO", logger="fedml")
+    args = make_args(comm_round=2, client_num_per_round=5)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 1, 28, 28, generator=generator), torch.arange(200) % 10
+    dataset = fedml.data.FederatedDataset.from_tensors(
+        x, y, x[:50], y[:50], [list(range(i, 200, 20)) for i in range(20)]
+    )
+    model = fedml.model.create(args, 10)
+    result = fedml.FedMLRunner(args, torch.device("cpu"), dataset, model).run()
+    recorded = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert recorded["train_args"]["client_num_in_total"] == 20
+    assert "Clients: 20," in caplog.text
+    assert "The dataset has 20 clients, train_args.client_num_in_total said 10" in caplog.text
+    too_few = fedml.data.FederatedDataset.from_tensors(
+        x, y, x[:50], y[:50], [list(range(i, 200, 4)) for i in range(4)]
+    )
+    with pytest.raises(
+        fedml.ConfigError, match=r"the dataset has 4 clients, fewer than train_args\.client_num_per_round 5"
+    ):
+        fedml.FedMLRunner(make_args(client_num_per_round=5), torch.device("cpu"), too_few, model)
