@@ -210,3 +210,16 @@ def test_a_file_that_is_not_utf8_and_an_override_that_is_not_yaml_are_one_clear_
         load_arguments(path)
     with pytest.raises(ConfigError, match=r"override 'learning_rate=\[1': the value is not valid YAML"):
         parse_command_line(["learning_rate=[1"])
+
+
+def test_a_bad_type_and_unknown_names_are_reported_together(tmp_path):
+    path = write(
+        tmp_path, "train_args: {comm_round: abc, federated_optimizer: FedAdam}\nmodel_args: {model: resnet}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_arguments(path)
+    message = str(err.value)
+    assert "3 problems" in message
+    assert "train_args.comm_round: Input should be a valid integer" in message
+    assert "train_args.federated_optimizer: unknown optimizer 'FedAdam'" in message
+    assert "model_args.model: unknown model 'resnet'" in message

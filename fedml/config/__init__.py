@@ -218,6 +218,7 @@ def load_arguments(
             sections[name] = model(**values[name])
         except ValidationError as exc:
             errors.extend(_section_errors(name, model, exc))
+    errors.extend(_name_checks(sections, values))
     if not errors:
         errors.extend(_cross_checks(sections))
     if errors:
@@ -289,14 +290,34 @@ def _section_errors(name: str, model: type[Section], exc: ValidationError) -> li
     return found
 
 
-def _cross_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Check across keys: names against their registries, then each component's own cross-check."""
+def _name_checks(
+    sections: Mapping[str, Any], values: Mapping[str, Mapping[str, Any]]
+) -> list[tuple[str, str]]:
+    """Check names against their registries, also in sections that failed validation for another key."""
     from fedml.core.algorithms import ALGORITHMS
     from fedml.data import DATASETS
     from fedml.data.partition import PARTITIONERS
     from fedml.model import MODELS
 
-    train, data = sections["train_args"], sections["data_args"]
+    errors = []
+    for registry, section, key in (
+        (DATASETS, "data_args", "dataset"),
+        (MODELS, "model_args", "model"),
+        (ALGORITHMS, "train_args", "federated_optimizer"),
+        (PARTITIONERS, "data_args", "partition_method"),
+    ):
+        if section in sections:
+            value = getattr(sections[section], key)
+        else:
+            value = values.get(section, {}).get(key, SECTIONS[section].model_fields[key].default)
+        if isinstance(value, str) and value not in registry:
+            errors.append((registry.key, registry.unknown(value).partition(": ")[2]))
+    return errors
+
+
+def _cross_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Check across keys: the combinations, then each component's own cross-check."""
+    train = sections["train_args"]
     errors = []
     if train.client_num_per_round > train.client_num_in_total:
         errors.append(
@@ -306,14 +327,6 @@ def _cross_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
                 f"{train.client_num_in_total} in total (train_args.client_num_in_total)",
             )
         )
-    for registry, value in (
-        (DATASETS, data.dataset),
-        (MODELS, sections["model_args"].model),
-        (ALGORITHMS, train.federated_optimizer),
-        (PARTITIONERS, data.partition_method),
-    ):
-        if value not in registry:
-            errors.append((registry.key, registry.unknown(value).partition(": ")[2]))
     for component in {type(section) for section in sections.values()}:
         for model in component.__mro__:
             if (

@@ -244,7 +244,7 @@ header_values = st.one_of(
     value=header_values,
     payload=st.binary(max_size=64),
 )
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_edited_headers_only_ever_raise_protocol_error(field, value, payload):
     header = {"kind": 1, "sender": "0", "receiver": "1", "round": 0, "metadata": {}, "tensors": []}
     spec = {"name": "x", "dtype": "float32", "shape": [2]}
