@@ -14,6 +14,49 @@ from fedml.errors import ConfigError
 CHECKPOINT_FILE = "checkpoint.pt"
 """Name of the checkpoint in a run directory."""
 
+IDENTITY_KEYS = (
+    "random_seed",
+    "dataset",
+    "partition_method",
+    "partition_alpha",
+    "client_num_in_total",
+    "client_num_per_round",
+    "model",
+    "federated_optimizer",
+)
+"""The settings a run's trajectory depends on; resuming with any of them changed is refused."""
+
+
+def run_identity(args: Any) -> dict[str, Any]:
+    """Return the values of ``IDENTITY_KEYS`` in ``args``, as stored in a checkpoint."""
+    return {key: getattr(args, key) for key in IDENTITY_KEYS}
+
+
+def check_resumable(checkpoint: Checkpoint, args: Any) -> None:
+    """Refuse to resume ``checkpoint`` under ``args`` when the run would not be the same run.
+
+    Raises
+    ------
+    ConfigError
+        Naming each setting that differs from the checkpoint's, or a ``comm_round`` that leaves
+        nothing to run (resuming may raise ``comm_round``, which is its point).
+
+    """
+    where = f"tracking_args.resume_from: {args.resume_from}"
+    ours = run_identity(args)
+    differing = [
+        f"{key} is {ours[key]!r} here, {value!r} in the checkpoint"
+        for key, value in checkpoint.identity.items()
+        if key in ours and ours[key] != value
+    ]
+    if differing:
+        raise ConfigError(f"{where}: a different run ({'; '.join(differing)})")
+    if args.comm_round <= checkpoint.rounds_done:
+        raise ConfigError(
+            f"{where}: the checkpoint has {checkpoint.rounds_done} rounds done and train_args.comm_round is "
+            f"{args.comm_round}, so nothing is left to run; raise comm_round to continue"
+        )
+
 
 @dataclass
 class Checkpoint:
@@ -28,12 +71,15 @@ class Checkpoint:
     algorithm_state
         The algorithm's ``state_dict()`` (FedOpt's moments, SCAFFOLD's and FedDyn's per-client state);
         empty for stateless algorithms.
+    identity
+        ``run_identity`` of the run that wrote it (empty in checkpoints of older versions).
 
     """
 
     rounds_done: int
     model_state: dict[str, torch.Tensor]
     algorithm_state: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -44,6 +90,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
             "rounds_done": checkpoint.rounds_done,
             "model_state": checkpoint.model_state,
             "algorithm_state": checkpoint.algorithm_state,
+            "identity": checkpoint.identity,
         },
         partial,
     )
@@ -70,4 +117,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise ConfigError(
             f"{where}: not a fedml checkpoint (expected rounds_done, model_state, algorithm_state)"
         )
-    return Checkpoint(int(data["rounds_done"]), dict(data["model_state"]), dict(data["algorithm_state"]))
+    return Checkpoint(
+        int(data["rounds_done"]),
+        dict(data["model_state"]),
+        dict(data["algorithm_state"]),
+        dict(data.get("identity", {})),
+    )

@@ -66,3 +66,27 @@ def test_save_is_atomic_and_round_trips(tmp_path):
     assert back.rounds_done == 3
     assert torch.equal(back.model_state["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_FILE]
+
+
+def test_a_resume_under_other_settings_is_refused_naming_them_and_leaves_no_run_directory(make_args):
+    first = run(make_args, comm_round=2)
+    checkpoint = str(first.run_dir / CHECKPOINT_FILE)
+    before = sorted(first.run_dir.parent.iterdir())
+    with pytest.raises(
+        ConfigError,
+        match=r"a different run \(random_seed is 7 here, 0 in the checkpoint; model is 'mlp' here",
+    ):
+        run(make_args, comm_round=4, random_seed=7, model="mlp", resume_from=checkpoint)
+    with pytest.raises(
+        ConfigError, match=r"has 2 rounds done and train_args\.comm_round is 2, so nothing is left"
+    ):
+        run(make_args, comm_round=2, resume_from=checkpoint)
+    assert sorted(first.run_dir.parent.iterdir()) == before
+    assert run(make_args, comm_round=3, resume_from=checkpoint).history[-1]["round"] == 3
+
+
+def test_a_model_state_that_does_not_fit_is_one_clear_line(make_args, tmp_path):
+    path = tmp_path / CHECKPOINT_FILE
+    save_checkpoint(path, Checkpoint(1, {"linear.weight": torch.zeros(3, 3)}, {}))
+    with pytest.raises(ConfigError, match=r"its model state does not fit model_args.model 'lr'"):
+        run(make_args, comm_round=3, resume_from=str(path))

@@ -15,12 +15,19 @@ import torch
 from fedml.core.aggregation import finite_states
 from fedml.core.algorithms import Algorithm, RoundContext, RoundResults, SummedUpdate, Update
 from fedml.core.algorithms.base import Aggregator, Checkpointable, Trainer
-from fedml.core.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from fedml.core.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    check_resumable,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+)
 from fedml.core.round.backend import Backend, RoundTask
 from fedml.core.sampling import sample_clients
 from fedml.core.steps import Steps, build_steps, check_compatibility
-from fedml.errors import AggregationError
-from fedml.tracking import RunResult, RunTracker, progress
+from fedml.errors import AggregationError, ConfigError, FedMLError
+from fedml.tracking import RunResult, RunTracker, progress, role_logger
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
@@ -63,8 +70,8 @@ class FederatedRound:
         self.trainer = trainer
         self.aggregator = aggregator
         self.steps = steps if steps is not None else build_steps(args)
-        self.tracker = RunTracker(args)
-        self.log = self.tracker.log
+        self.tracker: RunTracker | None = None
+        self.log = role_logger("Server", 0)
         self.first_round = 0
 
     def run(self, backend: Backend) -> RunResult:
@@ -88,28 +95,57 @@ class FederatedRound:
                 state = self.finish(round_idx, state, results)
             result = self.result()
         except BaseException as exc:
-            self.tracker.fail(exc)
+            if self.tracker is not None:
+                self.tracker.fail(exc)
             backend.close(None, exc)
             raise
         backend.close(result, None)
         return result
 
     def start(self) -> dict[str, torch.Tensor]:
-        """Log the header and the steps and return the initial global state (from ``resume_from`` if set).
+        """Open the run directory, log the header and the steps, and return the initial global state.
 
-        After a resume, ``first_round`` is the index of the first round still to run.
+        With ``resume_from`` the checkpoint is read and checked first (same run identity, rounds left
+        to run, a model state that fits), so a refused resume leaves no run directory behind; after a
+        resume, ``first_round`` is the index of the first round still to run.
+
+        Raises
+        ------
+        ConfigError
+            If the checkpoint cannot be resumed here, naming why.
+
         """
+        checkpoint = self._resume_point()
+        self.tracker = RunTracker(self.args)
         self.tracker.start(self.args.client_num_in_total)
         for step in self.steps.all():
             self.log.info("%s", step.describe())
-        if self.args.resume_from:
-            checkpoint = load_checkpoint(self.args.resume_from)
-            self.aggregator.set_model_params(checkpoint.model_state)
+        if checkpoint is not None:
             if checkpoint.algorithm_state and isinstance(self.algorithm, Checkpointable):
                 self.algorithm.load_state_dict(checkpoint.algorithm_state)
             self.first_round = checkpoint.rounds_done
             self.log.info("Resumed from %s after round %d", self.args.resume_from, self.first_round)
         return self.aggregator.get_model_params()
+
+    def _resume_point(self) -> Checkpoint | None:
+        if not self.args.resume_from:
+            return None
+        checkpoint = load_checkpoint(self.args.resume_from)
+        check_resumable(checkpoint, self.args)
+        try:
+            self.aggregator.set_model_params(checkpoint.model_state)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"tracking_args.resume_from: {self.args.resume_from}: its model state does not fit "
+                f"model_args.model {self.args.model!r} ({first})"
+            ) from exc
+        return checkpoint
+
+    def _started(self) -> RunTracker:
+        if self.tracker is None:
+            raise FedMLError("the run has not started: FederatedRound.start() opens its directory")
+        return self.tracker
 
     def task(self, round_idx: int, state: dict[str, torch.Tensor], backend: Backend) -> RoundTask:
         """Return round ``round_idx``'s work: the sampled clients with their payloads, from ``state``."""
@@ -132,8 +168,9 @@ class FederatedRound:
         """Save the global model and the algorithm's state in the run directory's ``checkpoint.pt``."""
         algorithm = self.algorithm
         algorithm_state = algorithm.state_dict() if isinstance(algorithm, Checkpointable) else {}
-        checkpoint = Checkpoint(rounds_done, self.aggregator.get_model_params(), algorithm_state)
-        save_checkpoint(self.tracker.run_dir / CHECKPOINT_FILE, checkpoint)
+        model_state = self.aggregator.get_model_params()
+        checkpoint = Checkpoint(rounds_done, model_state, algorithm_state, run_identity(self.args))
+        save_checkpoint(self._started().run_dir / CHECKPOINT_FILE, checkpoint)
 
     def finish(
         self, round_idx: int, global_state: dict[str, torch.Tensor], results: RoundResults
@@ -166,7 +203,7 @@ class FederatedRound:
         self.aggregator.set_model_params(new_state)
         if self.test_data is not None and self._evaluates(round_idx):
             test = self.aggregator.test(self.test_data, self.device, self.args)
-            self.tracker.log_round(round_idx, test, train_loss(combined))
+            self._started().log_round(round_idx, test, train_loss(combined))
         frequency = self.args.checkpoint_frequency
         if frequency and (round_idx + 1) % frequency == 0:
             self.checkpoint(round_idx + 1)
@@ -176,7 +213,7 @@ class FederatedRound:
         """Save the final checkpoint (with ``save_model``), finish tracking and return the run's result."""
         if self.args.save_model:
             self.checkpoint(self.args.comm_round)
-        return self.tracker.finish(self.aggregator.get_model_params())
+        return self._started().finish(self.aggregator.get_model_params())
 
     def _evaluates(self, round_idx: int) -> bool:
         last = round_idx == self.args.comm_round - 1
