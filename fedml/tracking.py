@@ -20,6 +20,9 @@ from typing import Any, TypeVar
 import torch
 import yaml
 
+from fedml.core.files import atomic_torch_save, atomic_write_text
+from fedml.errors import ConfigError
+
 _T = TypeVar("_T")
 
 
@@ -107,8 +110,7 @@ class RunTracker:
         self.run_dir = _new_run_dir(
             Path(args.run_dir).expanduser(), f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
         )
-        with open(self.run_dir / "config.yaml", "w", encoding="utf-8") as f:
-            yaml.safe_dump(args.to_dict(), f, sort_keys=False)
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(args.to_dict(), sort_keys=False))
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")  # noqa: SIM115
 
     def start(self, client_num: int) -> None:
@@ -147,7 +149,7 @@ class RunTracker:
         """Save the final model, log the final line and return the run's result."""
         self._metrics.close()
         if self.args.save_model:
-            torch.save(model_state, self.run_dir / "model.pt")
+            atomic_torch_save(self.run_dir / "model.pt", model_state)
         final = self.history[-1] if self.history else {}
         if final:
             self.log.info(
@@ -159,10 +161,23 @@ class RunTracker:
     def fail(self, error: BaseException) -> None:
         """Record why the run stopped in ``error.txt``; the metrics so far stay in ``metrics.jsonl``."""
         self._metrics.close()
-        (self.run_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n", encoding="utf-8")
+        try:
+            atomic_write_text(self.run_dir / "error.txt", f"{type(error).__name__}: {error}\n")
+        except OSError as exc:
+            # The run's own error is the one to report; a full disk must not replace it.
+            self.log.warning("Could not write %s: %s", self.run_dir / "error.txt", exc)
 
 
 def _new_run_dir(parent: Path, name: str) -> Path:
+    try:
+        return _make_run_dir(parent, name)
+    except OSError as exc:
+        raise ConfigError(
+            f"tracking_args.run_dir: cannot create a run directory in {parent} ({exc.strerror or exc})"
+        ) from exc
+
+
+def _make_run_dir(parent: Path, name: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     candidate, n = parent / name, 1
     while True:

@@ -290,3 +290,72 @@ def test_a_non_finite_value_is_written_as_null_so_every_line_is_strict_json(make
     (line,) = (tracker.run_dir / "metrics.jsonl").read_text().splitlines()
     record = json_module.loads(line, parse_constant=refuse)
     assert (record["train_loss"], record["test_loss"], record["test_accuracy"]) == (None, None, 0.5)
+
+
+def _run(args):
+    import torch
+
+    import fedml
+
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    return fedml.FedMLRunner(args, torch.device("cpu"), dataset, model).run()
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_clear_line(make_args, tmp_path):
+    from fedml.errors import ConfigError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(
+        ConfigError, match=r"tracking_args.run_dir: cannot create a run directory in .*not-a-folder"
+    ):
+        _run(make_args(comm_round=1, run_dir=str(blocker)))
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_reports_its_own_error(make_args, monkeypatch):
+    import torch
+
+    from fedml.core.checkpoint import load_checkpoint
+
+    real_save, saves = torch.save, []
+
+    def save(obj, target, *args, **kwargs):
+        saves.append(obj)
+        if len(saves) == 2:
+            target.write(b"half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, target, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    args = make_args(comm_round=3, checkpoint_frequency=1, client_num_per_round=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        _run(args)
+    (run_dir,) = Path(args.run_dir).iterdir()
+    assert load_checkpoint(run_dir / "checkpoint.pt").rounds_done == 1
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".partial")]
+    assert "No space left on device" in (run_dir / "error.txt").read_text()
+
+
+def test_an_unwritable_error_file_does_not_mask_the_runs_error(make_args, monkeypatch):
+    import fedml
+    import fedml.tracking
+
+    real = fedml.tracking.atomic_write_text
+
+    def write(path, text):
+        if path.name == "error.txt":
+            raise OSError(28, "No space left on device")
+        real(path, text)
+
+    class Broken(fedml.ClientTrainer):
+        def train(self, train_data, device, args):
+            raise RuntimeError("the client's disk is on fire")
+
+    monkeypatch.setattr(fedml.tracking, "atomic_write_text", write)
+    args = make_args(comm_round=1, client_num_per_round=2, engine="sequential")
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    runner = fedml.FedMLRunner(args, torch.device("cpu"), dataset, model, client_trainer=Broken(model, args))
+    with pytest.raises(RuntimeError, match="the client's disk is on fire"):
+        runner.run()

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fedml.core.files import atomic_torch_save
 from fedml.errors import ConfigError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -84,17 +85,15 @@ class Checkpoint:
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` to ``path`` atomically (a crash mid-write leaves the previous file intact)."""
-    partial = path.with_suffix(".partial")
-    torch.save(
+    atomic_torch_save(
+        path,
         {
             "rounds_done": checkpoint.rounds_done,
             "model_state": checkpoint.model_state,
             "algorithm_state": checkpoint.algorithm_state,
             "identity": checkpoint.identity,
         },
-        partial,
     )
-    partial.replace(path)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
