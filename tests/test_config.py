@@ -142,8 +142,19 @@ def test_command_line_reads_file_identity_and_typed_overrides(tmp_path):
 
 
 def test_command_line_rejects_stray_tokens():
-    with pytest.raises(ConfigError, match="unrecognised command-line argument '--epochs'"):
+    with pytest.raises(ConfigError, match=r"'--epochs': config keys are given as key=value, e\.g\. epochs="):
         parse_command_line(["--epochs", "3"])
+    with pytest.raises(ConfigError, match="unrecognised command-line argument 'stray'"):
+        parse_command_line(["stray"])
+
+
+def test_the_applications_own_flags_are_left_alone_but_misspelt_fedml_flags_are_caught():
+    config_file, identity, overrides = parse_command_line(
+        ["--workload", "heavy", "--out=x.json", "--verbose", "comm_round=3", "--rank", "2"]
+    )
+    assert (config_file, identity["rank"], overrides) == (None, 2, {"comm_round": 3})
+    with pytest.raises(ConfigError, match="unrecognised command-line flag '--rnak'; did you mean --rank"):
+        parse_command_line(["--rnak", "1"])
 
 
 def test_to_dict_round_trips_every_section(tmp_path):

@@ -17,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -234,6 +235,10 @@ def parse_command_line(
     Understands ``--cf FILE`` (alias ``--config_file``), ``--rank N``, ``--role NAME``, ``--run_id ID``
     and any number of ``key=value`` overrides whose values are read as YAML scalars
     (``comm_round=5``, ``train_args.learning_rate=0.1``). ``argv`` defaults to ``sys.argv[1:]``.
+
+    Other flags (``--workload heavy``, ``--out=x``) belong to the application's own parser and are left
+    alone, with the bare value that follows one; but a flag spelt like one of fedml's (``--rnak``) or
+    named like a config key (``--epochs 3``, meant as ``epochs=3``) is an error saying so.
     """
     parser = argparse.ArgumentParser(prog="fedml", add_help=False)
     parser.add_argument("--cf", "--config_file", dest="config_file", default=None)
@@ -242,13 +247,22 @@ def parse_command_line(
     parser.add_argument("--run_id", default="0")
     known, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     overrides: dict[str, Any] = {}
+    after_foreign_flag = False
     for token in rest:
+        if token.startswith("-"):
+            _check_foreign_flag(token)
+            after_foreign_flag = "=" not in token
+            continue
         key, sep, text = token.partition("=")
-        if not sep or not key or key.startswith("-"):
+        if not sep or not key:
+            if after_foreign_flag:
+                after_foreign_flag = False
+                continue
             raise ConfigError(
                 f"unrecognised command-line argument {token!r}; expected --cf FILE, --rank N, --role NAME, "
                 "--run_id ID or key=value overrides such as comm_round=5"
             )
+        after_foreign_flag = False
         try:
             overrides[key] = yaml.safe_load(text) if text else ""
         except yaml.YAMLError as exc:
@@ -256,6 +270,22 @@ def parse_command_line(
             raise ConfigError(f"override {token!r}: the value is not valid YAML ({problem})") from exc
     identity = {"rank": known.rank, "role": known.role, "run_id": known.run_id}
     return known.config_file, identity, overrides
+
+
+_FLAGS = ("cf", "config_file", "rank", "role", "run_id")
+
+
+def _check_foreign_flag(token: str) -> None:
+    """Refuse a flag that is a misspelt fedml flag or a config key; any other is the application's."""
+    flag = token.partition("=")[0]
+    name = flag.lstrip("-")
+    if name in SECTIONS.keys_to_sections():
+        raise ConfigError(
+            f"command-line argument {token!r}: config keys are given as key=value, e.g. {name}=..."
+        )
+    close = difflib.get_close_matches(name.replace("-", "_"), _FLAGS, n=1, cutoff=0.7)
+    if close:
+        raise ConfigError(f"unrecognised command-line flag {flag!r}; did you mean --{close[0]}?")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
