@@ -99,14 +99,26 @@ class RunTracker:
     ``<dataset>-<model>-<federated_optimizer>``. It receives ``config.yaml`` (the resolved configuration)
     at once, a line of ``metrics.jsonl`` per evaluated round, and ``model.pt`` (the final state, a
     ``torch.save``'d dict of tensors) at the end when ``tracking_args.save_model`` is true.
+
+    ``dataset`` and ``model`` name what actually runs when the user passed their own (default: the
+    configuration's names).
     """
 
-    def __init__(self, args: Any, role: str = "Server", rank: int = 0) -> None:
+    def __init__(
+        self,
+        args: Any,
+        role: str = "Server",
+        rank: int = 0,
+        dataset: str | None = None,
+        model: str | None = None,
+    ) -> None:
         self.args = args
         self.log = role_logger(role, rank)
         self.history: list[dict[str, float]] = []
         self.started = time.perf_counter()
-        name = args.run_name or f"{args.dataset}-{args.model}-{args.federated_optimizer}"
+        self.dataset = dataset or args.dataset
+        self.model = model or args.model
+        name = args.run_name or f"{self.dataset}-{self.model}-{args.federated_optimizer}"
         self.run_dir = _new_run_dir(
             Path(args.run_dir).expanduser(), f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
         )
@@ -118,7 +130,7 @@ class RunTracker:
         args = self.args
         self.log.info(
             "Dataset: %s, Clients: %d, Rounds: %d, Algorithm: %s",
-            args.dataset,
+            self.dataset,
             client_num,
             args.comm_round,
             args.federated_optimizer,

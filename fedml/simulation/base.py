@@ -17,6 +17,7 @@ from fedml.core.round import FederatedRound, LocalBackend
 from fedml.core.steps import build_steps
 from fedml.errors import ConfigError
 from fedml.ml import ClientTrainer, ServerAggregator
+from fedml.model import MODELS
 from fedml.simulation.engine import choose_engine
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,23 @@ class Simulator:
             self.trainer,
             self.aggregator,
             self.steps,
+            names=self.names(),
         )
+
+    def names(self) -> dict[str, str]:
+        """Return the names of the dataset and model that run, where they are not the configuration's.
+
+        A custom dataset is named by its ``name``; a model that is not the registered ``model_args.model``
+        by its class.
+        """
+        names = {}
+        dataset_name = getattr(self.dataset, "name", None)
+        if isinstance(dataset_name, str) and dataset_name != self.args.dataset:
+            names["dataset"] = dataset_name
+        registered = MODELS.get(self.args.model) if self.args.model in MODELS else None
+        if isinstance(registered, type) and not isinstance(self.model, registered):
+            names["model"] = type(self.model).__name__
+        return names
 
     def local_backend(self) -> LocalBackend:
         """Return the backend that trains clients in this process with the chosen engine."""

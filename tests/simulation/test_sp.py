@@ -191,3 +191,26 @@ def test_a_custom_dataset_with_another_client_count_is_what_the_run_samples_and_
         fedml.ConfigError, match=r"the dataset has 4 clients, fewer than train_args\.client_num_per_round 5"
     ):
         fedml.FedMLRunner(make_args(client_num_per_round=5), torch.device("cpu"), too_few, model)
+
+
+def test_the_header_and_run_directory_name_what_ran_when_data_and_model_are_the_users(make_args, caplog):
+    caplog.set_level("INFO", logger="fedml")
+
+    class TinyNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(784, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    args = make_args(comm_round=1, client_num_in_total=4, client_num_per_round=4)
+    x, y = torch.randn(80, 1, 28, 28, generator=torch.Generator().manual_seed(1)), torch.arange(80) % 10
+    dataset = fedml.data.FederatedDataset.from_tensors(
+        x, y, x[:20], y[:20], [list(range(i, 80, 4)) for i in range(4)], name="digits"
+    )
+    result = fedml.FedMLRunner(args, torch.device("cpu"), dataset, TinyNet()).run()
+    assert result.run_dir.name.endswith("-digits-TinyNet-FedAvg")
+    assert "Dataset: digits, Clients: 4, Rounds: 1, Algorithm: FedAvg" in caplog.text
+    default = fedml.run_simulation(argv=[], comm_round=1, download=False, run_dir=args.run_dir)
+    assert default.run_dir.name.endswith("-mnist-lr-FedAvg")

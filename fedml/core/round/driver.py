@@ -8,6 +8,7 @@ backend's business; how the results are checked and combined is the same everywh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,6 +51,8 @@ class FederatedRound:
         Handed to the algorithm through the round context.
     steps
         The run's client and server chains; built from ``args`` when omitted.
+    names
+        ``{"dataset": ..., "model": ...}``: what runs, when it is not what the configuration names.
 
     """
 
@@ -62,8 +65,10 @@ class FederatedRound:
         trainer: Trainer,
         aggregator: Aggregator,
         steps: Steps | None = None,
+        names: Mapping[str, str] | None = None,
     ) -> None:
         self.args = args
+        self.names = dict(names or {})
         self.device = device
         self.test_data = test_data
         self.algorithm = algorithm
@@ -116,7 +121,7 @@ class FederatedRound:
 
         """
         checkpoint = self._resume_point()
-        self.tracker = RunTracker(self.args)
+        self.tracker = RunTracker(self.args, dataset=self.names.get("dataset"), model=self.names.get("model"))
         self.tracker.start(self.args.client_num_in_total)
         for step in self.steps.all():
             self.log.info("%s", step.describe())
