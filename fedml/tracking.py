@@ -83,6 +83,13 @@ class RunResult:
         The run directory holding ``config.yaml``, ``metrics.jsonl`` and ``model.pt``.
     model_state
         The final global model state.
+    engine
+        How clients were trained (``sequential`` or ``vectorized``); empty when not known.
+    round_seconds
+        Wall time of every round run, evaluated or not, in order.
+    phases
+        Seconds per phase: ``setup`` (from the round driver's start to its first round: run directory,
+        resume, waiting for peers) and ``rounds``.
 
     """
 
@@ -90,6 +97,9 @@ class RunResult:
     history: list[dict[str, float]]
     run_dir: Path
     model_state: dict[str, torch.Tensor] = field(repr=False)
+    engine: str = ""
+    round_seconds: list[float] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 class RunTracker:
@@ -118,6 +128,9 @@ class RunTracker:
         self.started = time.perf_counter()
         self.dataset = dataset or args.dataset
         self.model = model or args.model
+        self.engine = ""
+        self.round_seconds: list[float] = []
+        self.first_round_started: float | None = None
         name = args.run_name or f"{self.dataset}-{self.model}-{args.federated_optimizer}"
         self.run_dir = _new_run_dir(
             Path(args.run_dir).expanduser(), f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
@@ -157,8 +170,28 @@ class RunTracker:
         )
         return record
 
+    def round_started(self) -> float:
+        """Note that a round starts; return the time to hand back to ``round_done``."""
+        now = time.perf_counter()
+        if self.first_round_started is None:
+            self.first_round_started = now
+        return now
+
+    def round_done(self, started: float) -> None:
+        """Record the wall time of a round that began at ``started`` (from ``round_started``)."""
+        self.round_seconds.append(round(time.perf_counter() - started, 6))
+
+    def timings(self) -> dict[str, Any]:
+        """Return the engine, every round's seconds and the phase times, as ``timings.json`` holds them."""
+        first = self.first_round_started if self.first_round_started is not None else time.perf_counter()
+        phases = {
+            "setup": round(first - self.started, 6),
+            "rounds": round(sum(self.round_seconds), 6),
+        }
+        return {"engine": self.engine, "round_seconds": list(self.round_seconds), "phases": phases}
+
     def finish(self, model_state: dict[str, torch.Tensor]) -> RunResult:
-        """Save the final model, log the final line and return the run's result."""
+        """Save the final model and ``timings.json``, log the final line and return the run's result."""
         self._metrics.close()
         if self.args.save_model:
             atomic_torch_save(self.run_dir / "model.pt", model_state)
@@ -168,7 +201,17 @@ class RunTracker:
                 "Final Accuracy after Round %d: %.1f%%.", final["round"], 100 * final["test_accuracy"]
             )
         self.log.info("Run directory: %s", self.run_dir)
-        return RunResult(dict(final), list(self.history), self.run_dir, model_state)
+        timings = self.timings()
+        atomic_write_text(self.run_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
+        return RunResult(
+            dict(final),
+            list(self.history),
+            self.run_dir,
+            model_state,
+            timings["engine"],
+            timings["round_seconds"],
+            timings["phases"],
+        )
 
     def fail(self, error: BaseException) -> None:
         """Record why the run stopped in ``error.txt``; the metrics so far stay in ``metrics.jsonl``."""

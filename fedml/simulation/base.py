@@ -91,6 +91,7 @@ class Simulator:
             self.aggregator,
             self.steps,
             names=self.names(),
+            engine=self.engine,
         )
 
     def names(self) -> dict[str, str]:

@@ -214,3 +214,22 @@ def test_the_header_and_run_directory_name_what_ran_when_data_and_model_are_the_
     assert "Dataset: digits, Clients: 4, Rounds: 1, Algorithm: FedAvg" in caplog.text
     default = fedml.run_simulation(argv=[], comm_round=1, download=False, run_dir=args.run_dir)
     assert default.run_dir.name.endswith("-mnist-lr-FedAvg")
+
+
+def test_the_result_says_which_engine_ran_and_times_every_round(make_args):
+    result = fedml.run_simulation(
+        argv=[],
+        comm_round=3,
+        frequency_of_the_test=2,
+        engine="sequential",
+        download=False,
+        run_dir=make_args().run_dir,
+    )
+    assert [r["round"] for r in result.history] == [2, 3]
+    assert result.engine == "sequential"
+    assert len(result.round_seconds) == 3
+    assert all(s > 0 for s in result.round_seconds)
+    assert set(result.phases) == {"setup", "rounds"}
+    assert result.phases["rounds"] == pytest.approx(sum(result.round_seconds), abs=1e-5)
+    written = json.loads((result.run_dir / "timings.json").read_text())
+    assert written == {"engine": "sequential", "round_seconds": result.round_seconds, "phases": result.phases}

@@ -53,6 +53,8 @@ class FederatedRound:
         The run's client and server chains; built from ``args`` when omitted.
     names
         ``{"dataset": ..., "model": ...}``: what runs, when it is not what the configuration names.
+    engine
+        How clients train (``sequential``, ``vectorized``), recorded in the result.
 
     """
 
@@ -66,9 +68,11 @@ class FederatedRound:
         aggregator: Aggregator,
         steps: Steps | None = None,
         names: Mapping[str, str] | None = None,
+        engine: str = "",
     ) -> None:
         self.args = args
         self.names = dict(names or {})
+        self.engine = engine
         self.device = device
         self.test_data = test_data
         self.algorithm = algorithm
@@ -92,12 +96,15 @@ class FederatedRound:
         try:
             state = self.start()
             backend.open()
+            tracker = self._started()
             for round_idx in progress(range(self.first_round, self.args.comm_round), "rounds"):
+                began = tracker.round_started()
                 task = self.task(round_idx, state, backend)
                 # Named, so a round's results are freed only when the next arrive: the allocator then
                 # reuses their memory instead of faulting in fresh pages (a third fewer on many clients).
                 results = backend.train(task)
                 state = self.finish(round_idx, state, results)
+                tracker.round_done(began)
             result = self.result()
         except BaseException as exc:
             if self.tracker is not None:
@@ -122,6 +129,7 @@ class FederatedRound:
         """
         checkpoint = self._resume_point()
         self.tracker = RunTracker(self.args, dataset=self.names.get("dataset"), model=self.names.get("model"))
+        self.tracker.engine = self.engine
         self.tracker.start(self.args.client_num_in_total)
         for step in self.steps.all():
             self.log.info("%s", step.describe())

@@ -614,6 +614,9 @@ def pack_outcome(
         "final_metrics": result.final_metrics,
         "history": result.history,
         "run_dir": str(result.run_dir),
+        "engine": result.engine,
+        "round_seconds": result.round_seconds,
+        "phases": result.phases,
     }
     return metadata, result.model_state
 
@@ -635,6 +638,9 @@ def unpack_outcome(message: Message, sender: str) -> RunResult:
         list(meta.get("history", [])),
         Path(meta.get("run_dir", ".")),
         message.tensors,
+        str(meta.get("engine", "")),
+        list(meta.get("round_seconds", [])),
+        dict(meta.get("phases", {})),
     )
 
 
