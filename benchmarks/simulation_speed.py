@@ -5,7 +5,7 @@ counts training and per-round evaluation, not importing or loading data; every m
 and the fastest of `--repeat` (default 3) is reported. Run from the repository root::
 
     python benchmarks/simulation_speed.py            # the full table (about 12 minutes on 2 cores)
-    python benchmarks/simulation_speed.py --quick    # a short smoke run with fewer rounds
+    python benchmarks/simulation_speed.py --quick    # a smoke run of every case (well under a minute)
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ CASES = {
         "comm_round": 5,
     },
 }
-QUICK_ROUNDS = {"a": 10, "b": 5, "c": 2, "d": 1}
+QUICK = {
+    "a": {"comm_round": 5},
+    "b": {"comm_round": 3},
+    "c": {"comm_round": 1, "client_num_per_round": 100},
+    "d": {"comm_round": 1, "client_num_per_round": 2},
+}
+"""--quick: a smoke run of every case and runner (well under a minute), not a measurement."""
 SCALE = {"dataset": "synthetic", "model": "lr", "client_num_in_total": 100_000, "client_num_per_round": 1000}
 
 
@@ -164,22 +170,21 @@ def whole_process() -> float:
 def main() -> None:
     """Print the table of every case, the whole-process time and the 100,000-client memory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small cases, one run of each")
     parser.add_argument("--cases", default="abcd", help="which cases to run, e.g. 'ab'")
-    parser.add_argument("--repeat", type=int, default=3, help="report the best of N runs of each")
+    parser.add_argument("--repeat", type=int, default=None, help="report the best of N runs (default 3)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SETTINGS"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.worker:
         worker(opts.worker[0], json.loads(opts.worker[1]))
         return
     print(f"{'case':<5}{'runner':<12}{'wall s':>8}{'peak MB':>9}{'accuracy':>10}{'x reference':>13}")
+    repeat = opts.repeat if opts.repeat is not None else 1 if opts.quick else 3
     for case in opts.cases:
-        settings = dict(CASES[case])
-        if opts.quick:
-            settings["comm_round"] = QUICK_ROUNDS[case]
-        ref = measure("reference", settings, opts.repeat)
+        settings = {**CASES[case], **(QUICK[case] if opts.quick else {})}
+        ref = measure("reference", settings, repeat)
         for kind in ("reference", "sequential", "vectorized"):
-            row = ref if kind == "reference" else measure(kind, settings, opts.repeat)
+            row = ref if kind == "reference" else measure(kind, settings, repeat)
             ratio = row["seconds"] / ref["seconds"]
             print(
                 f"{case:<5}{kind:<12}{row['seconds']:>8.2f}{row['peak_mb']:>9.0f}"
@@ -190,10 +195,13 @@ def main() -> None:
                 print(row["error"], file=sys.stderr)
     seconds = whole_process()
     print(f"whole process, `import fedml; fedml.run_simulation()` (10 clients, 50 rounds): {seconds:.2f} s")
-    scale = {**SCALE, "comm_round": 1 if opts.quick else 3}
+    scale = {**SCALE, "comm_round": 3}
+    if opts.quick:
+        scale.update(client_num_in_total=10_000, client_num_per_round=100, comm_round=1)
     big = measure("vectorized", scale)
     print(
-        f"100,000 synthetic clients, 1,000 per round, {scale['comm_round']} rounds (vectorized): "
+        f"{scale['client_num_in_total']:,} synthetic clients, {scale['client_num_per_round']:,} per round, "
+        f"{scale['comm_round']} rounds (vectorized): "
         f"peak {big['peak_mb']:.0f} MB, {big['seconds']:.1f} s, accuracy {big['accuracy']:.3f}"
     )
 
