@@ -60,6 +60,17 @@ QUICK = {
     "d": {"comm_round": 1, "client_num_per_round": 2},
 }
 """--quick: a smoke run of every case and runner (well under a minute), not a measurement."""
+BATCH_SIZES = (10, 1_000, 100_000)
+BATCH_CASE = {
+    "dataset": "mnist",
+    "model": "lr",
+    "client_num_in_total": 10,
+    "client_num_per_round": 10,
+    "comm_round": 1,
+}
+"""Peak memory of one round at each batch size, sequential vs vectorized (the vectorized buffers are
+capped at a client's data, so a huge batch_size costs no more than one holding all of it)."""
+
 SCALE = {"dataset": "synthetic", "model": "lr", "client_num_in_total": 100_000, "client_num_per_round": 1000}
 
 
@@ -193,6 +204,16 @@ def main() -> None:
             )
             if "error" in row:
                 print(row["error"], file=sys.stderr)
+    for batch in BATCH_SIZES:
+        peaks = {
+            kind: measure(kind, {**BATCH_CASE, "batch_size": batch})["peak_mb"]
+            for kind in ("sequential", "vectorized")
+        }
+        print(
+            f"batch_size {batch:>7,}, one round of 10 clients: peak sequential {peaks['sequential']:.0f} MB, "
+            f"vectorized {peaks['vectorized']:.0f} MB ({peaks['vectorized'] / peaks['sequential']:.2f}x)",
+            flush=True,
+        )
     seconds = whole_process()
     print(f"whole process, `import fedml; fedml.run_simulation()` (10 clients, 50 rounds): {seconds:.2f} s")
     scale = {**SCALE, "comm_round": 3}
