@@ -88,8 +88,9 @@ class RunResult:
     round_seconds
         Wall time of every round run, evaluated or not, in order.
     phases
-        Seconds per phase: ``setup`` (from the round driver's start to its first round: run directory,
-        resume, waiting for peers) and ``rounds``.
+        Seconds per phase: ``data`` (``fedml.data.load``, when the dataset came from it), ``setup``
+        (from the round driver's start to its first round: run directory, resume, waiting for peers)
+        and ``rounds``.
 
     """
 
@@ -129,6 +130,7 @@ class RunTracker:
         self.dataset = dataset or args.dataset
         self.model = model or args.model
         self.engine = ""
+        self.data_seconds: float | None = None
         self.round_seconds: list[float] = []
         self.first_round_started: float | None = None
         name = args.run_name or f"{self.dataset}-{self.model}-{args.federated_optimizer}"
@@ -184,10 +186,8 @@ class RunTracker:
     def timings(self) -> dict[str, Any]:
         """Return the engine, every round's seconds and the phase times, as ``timings.json`` holds them."""
         first = self.first_round_started if self.first_round_started is not None else time.perf_counter()
-        phases = {
-            "setup": round(first - self.started, 6),
-            "rounds": round(sum(self.round_seconds), 6),
-        }
+        phases = {"data": self.data_seconds} if self.data_seconds is not None else {}
+        phases.update(setup=round(first - self.started, 6), rounds=round(sum(self.round_seconds), 6))
         return {"engine": self.engine, "round_seconds": list(self.round_seconds), "phases": phases}
 
     def finish(self, model_state: dict[str, torch.Tensor]) -> RunResult:

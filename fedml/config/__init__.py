@@ -371,6 +371,25 @@ def _cross_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
         sections["comm_args"].backend = canonical[backend.upper()]
     else:
         errors.append(("comm_args.backend", f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}"))
+    if sections["comm_args"].backend == "NCCL":
+        errors.extend(_presummed_checks(sections))
+    return errors
+
+
+def _presummed_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Refuse, at load, what NCCL's pre-summed all-reduce cannot serve (the runner checks it again)."""
+    from fedml.core.algorithms import ALGORITHMS
+
+    errors = []
+    why = "comm_args.backend NCCL sums client updates before the server sees them, which {} cannot use"
+    optimizer = sections["train_args"].federated_optimizer
+    if optimizer in ALGORITHMS and not getattr(ALGORITHMS.get(optimizer), "accepts_presummed_updates", True):
+        errors.append(("train_args.federated_optimizer", why.format(optimizer) + "; use backend sp or MPI"))
+    defense = sections["defense_args"]
+    if defense.enable_defense and defense.defense_type:
+        errors.append(
+            ("defense_args.enable_defense", why.format("the defense step") + "; use backend sp or MPI")
+        )
     return errors
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -183,6 +183,8 @@ class FederatedDataset(FedMLTuple):
     client_test_indices: list[torch.Tensor]
     output_dim: int
     batch_size: int
+    load_seconds: float | None = field(default=None, compare=False)
+    """How long ``fedml.data.load`` took to build this dataset (``None`` when built otherwise)."""
 
     def __post_init__(self) -> None:
         _check_arrays(self.train_x, self.train_y, self.test_x, self.test_y, self.output_dim)

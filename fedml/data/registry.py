@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -129,6 +130,7 @@ def load(args: Any) -> tuple[ClientDataset, int]:
     missing = [key for key in _REQUIRED_ARGS if not hasattr(args, key)]
     if missing:
         raise ConfigError(f"data loading needs the argument(s) {', '.join(missing)}")
+    started = time.perf_counter()
     spec = _spec(args.dataset)
     seed = args.random_seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -136,6 +138,7 @@ def load(args: Any) -> tuple[ClientDataset, int]:
 
     if spec.builder is not None:
         built = spec.builder(args)
+        built.load_seconds = round(time.perf_counter() - started, 6)
         logger.info("dataset %s: %s, %d clients", args.dataset, built.source, built.client_num)
         return built, spec.output_dim
     if spec.loader is None:
@@ -181,6 +184,7 @@ def load(args: Any) -> tuple[ClientDataset, int]:
         args.partition_alpha,
         args.shards_per_client,
     )
+    dataset.load_seconds = round(time.perf_counter() - started, 6)
     return dataset, spec.output_dim
 
 

@@ -81,6 +81,7 @@ class SyntheticDataset(FedMLTuple):
             raise DataError(f"synthetic_alpha and synthetic_beta must be >= 0, got {alpha}, {beta}")
         self.alpha, self.beta, self.seed = float(alpha), float(beta), int(seed)
         self.batch_size = batch_size
+        self.load_seconds: float | None = None
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _STREAM]))
         sizes = rng.lognormal(_SIZE_MEAN, _SIZE_SIGMA, client_num).astype(np.int64) + _SIZE_MIN
         self.sizes = np.minimum(sizes, max_samples)

@@ -92,6 +92,7 @@ class Simulator:
             self.steps,
             names=self.names(),
             engine=self.engine,
+            data_seconds=getattr(self.dataset, "load_seconds", None),
         )
 
     def names(self) -> dict[str, str]:

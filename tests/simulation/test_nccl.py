@@ -79,7 +79,12 @@ def test_launch_information_comes_from_the_launchers_environment(env, expected):
     ],
 )
 def test_rules_that_need_every_client_update_are_refused(make_args, overrides, culprit):
-    args = make_args(backend="NCCL", **overrides)
+    with pytest.raises(
+        fedml.ConfigError, match=f"sums client updates before the server sees them, which {culprit}"
+    ):
+        make_args(backend="NCCL", **overrides)
+    args = make_args(**overrides)
+    args.backend = "NCCL"  # set after loading, as code may: the runner still refuses it before any round
     dataset, output_dim = fedml.data.load(args)
     pattern = (
         f"comm_args.backend NCCL sums client updates .*, which {culprit} cannot use: it needs every client's"

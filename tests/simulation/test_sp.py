@@ -229,7 +229,8 @@ def test_the_result_says_which_engine_ran_and_times_every_round(make_args):
     assert result.engine == "sequential"
     assert len(result.round_seconds) == 3
     assert all(s > 0 for s in result.round_seconds)
-    assert set(result.phases) == {"setup", "rounds"}
+    assert set(result.phases) == {"data", "setup", "rounds"}
+    assert result.phases["data"] > 0
     assert result.phases["rounds"] == pytest.approx(sum(result.round_seconds), abs=1e-5)
     written = json.loads((result.run_dir / "timings.json").read_text())
     assert written == {"engine": "sequential", "round_seconds": result.round_seconds, "phases": result.phases}

@@ -55,6 +55,8 @@ class FederatedRound:
         ``{"dataset": ..., "model": ...}``: what runs, when it is not what the configuration names.
     engine
         How clients train (``sequential``, ``vectorized``), recorded in the result.
+    data_seconds
+        How long loading the dataset took, recorded as the ``data`` phase.
 
     """
 
@@ -69,10 +71,12 @@ class FederatedRound:
         steps: Steps | None = None,
         names: Mapping[str, str] | None = None,
         engine: str = "",
+        data_seconds: float | None = None,
     ) -> None:
         self.args = args
         self.names = dict(names or {})
         self.engine = engine
+        self.data_seconds = data_seconds
         self.device = device
         self.test_data = test_data
         self.algorithm = algorithm
@@ -130,6 +134,7 @@ class FederatedRound:
         checkpoint = self._resume_point()
         self.tracker = RunTracker(self.args, dataset=self.names.get("dataset"), model=self.names.get("model"))
         self.tracker.engine = self.engine
+        self.tracker.data_seconds = self.data_seconds
         self.tracker.start(self.args.client_num_in_total)
         for step in self.steps.all():
             self.log.info("%s", step.describe())
