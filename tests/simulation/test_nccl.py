@@ -27,6 +27,7 @@ def check_matches_sp(done, tmp_path, reference):
         "[FedML-Server(0)]: No CUDA device in use; torch.distributed runs on the CPU with the gloo backend"
         in lines
     )
+    assert sum(x.startswith("dataset mnist from") for x in lines) == 1
     assert (
         sum(
             bool(re.fullmatch(r"\[FedML-Server\(0\)\]: Final Accuracy after Round 5: \d+\.\d%\.", x))
