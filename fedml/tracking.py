@@ -112,7 +112,8 @@ class RunTracker:
     ``torch.save``'d dict of tensors) at the end when ``tracking_args.save_model`` is true.
 
     ``dataset`` and ``model`` name what actually runs when the user passed their own (default: the
-    configuration's names).
+    configuration's names); ``engine`` and ``data_seconds`` (how long loading the data took) go into
+    ``timings.json`` and the result.
     """
 
     def __init__(
@@ -122,6 +123,8 @@ class RunTracker:
         rank: int = 0,
         dataset: str | None = None,
         model: str | None = None,
+        engine: str = "",
+        data_seconds: float | None = None,
     ) -> None:
         self.args = args
         self.log = role_logger(role, rank)
@@ -129,8 +132,8 @@ class RunTracker:
         self.started = time.perf_counter()
         self.dataset = dataset or args.dataset
         self.model = model or args.model
-        self.engine = ""
-        self.data_seconds: float | None = None
+        self.engine = engine
+        self.data_seconds = data_seconds
         self.round_seconds: list[float] = []
         self.first_round_started: float | None = None
         name = args.run_name or f"{self.dataset}-{self.model}-{args.federated_optimizer}"

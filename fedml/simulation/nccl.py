@@ -18,7 +18,7 @@ from torch import nn
 from fedml.core.algorithms import SummedUpdate
 from fedml.core.comm import BROADCAST, Message, MessageKind, decode, encode
 from fedml.core.round import LocalBackend, RoundTask, assign_clients, usable_updates
-from fedml.core.round.remote import pack_assignment, pack_outcome, unpack_assignment, unpack_outcome
+from fedml.core.round.wire import pack_assignment, pack_outcome, unpack_assignment, unpack_outcome
 from fedml.core.steps import check_compatibility
 from fedml.errors import ProtocolError
 from fedml.ml import ClientTrainer, ServerAggregator

@@ -145,7 +145,7 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
         keys = sorted(header) if isinstance(header, dict) else type(header).__name__
         raise ProtocolError(f"message header must have the keys {sorted(expected)}, got {keys}")
     for key in ("kind", "round"):
-        if not _is_int(header[key]):
+        if not is_int(header[key]):
             raise ProtocolError(f"message header field {key!r} must be an integer, got {header[key]!r:.100}")
     for key in ("sender", "receiver"):
         if not isinstance(header[key], str) or not 0 < len(header[key]) <= MAX_PEER_ID:
@@ -198,7 +198,7 @@ def _check_spec(spec: Any) -> tuple[str, torch.dtype, list[int]]:
         raise ProtocolError(f"tensor name must be a string, got {name!r:.100}")
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError(f"tensor {name!r}: dtype {dtype!r:.100} is not one of {', '.join(DTYPES)}")
-    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(is_int(d) and d >= 0 for d in shape):
         raise ProtocolError(f"tensor {name!r}: shape must be a list of at most {_MAX_DIMS} sizes >= 0")
     if math.prod(d for d in shape if d) > _MAX_DIM:
         raise ProtocolError(f"tensor {name!r}: its dimensions multiply past {_MAX_DIM}")
@@ -224,5 +224,6 @@ def _check_json(value: Any, where: str) -> None:
     raise ProtocolError(f"message {where} is not JSON-able without change ({type(value).__name__})")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Return whether ``value`` is an integer in JSON's sense (a ``bool`` is not)."""
     return isinstance(value, int) and not isinstance(value, bool)

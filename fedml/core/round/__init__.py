@@ -8,7 +8,8 @@ all-reduce backend sums them on torch.distributed ranks.
 from fedml.core.round.backend import Backend, BatchTrainer, LocalBackend, RoundTask
 from fedml.core.round.driver import FederatedRound, train_loss, usable_updates
 from fedml.core.round.policy import AllReplies, FirstReplies, ParticipationPolicy, Quorum
-from fedml.core.round.remote import TRAIN, Peer, RemoteBackend, RoundWorker, Stage, assign_clients
+from fedml.core.round.remote import TRAIN, Peer, RemoteBackend, Stage, assign_clients
+from fedml.core.round.worker import RoundWorker
 
 __all__ = [
     "TRAIN",

@@ -17,7 +17,7 @@ import torch
 
 from fedml.core.algorithms import Algorithm, Client, RoundContext, RoundResults, Update
 from fedml.core.algorithms.base import Aggregator, Trainer
-from fedml.core.steps import ClientStep, check_compatibility, prepare_client, run_client_steps
+from fedml.core.steps import ClientStep, Steps, check_compatibility, prepare_client, run_client_steps
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
@@ -143,8 +143,6 @@ class LocalBackend:
         self.batch_trainer = batch_trainer
         self.name = name
         self.engine = "vectorized" if batch_trainer is not None else "sequential"
-        from fedml.core.steps import Steps
-
         check_compatibility(Steps(client=self.steps), algorithm, name, engine=self.engine)
 
     def open(self) -> None:

@@ -132,9 +132,13 @@ class FederatedRound:
 
         """
         checkpoint = self._resume_point()
-        self.tracker = RunTracker(self.args, dataset=self.names.get("dataset"), model=self.names.get("model"))
-        self.tracker.engine = self.engine
-        self.tracker.data_seconds = self.data_seconds
+        self.tracker = RunTracker(
+            self.args,
+            dataset=self.names.get("dataset"),
+            model=self.names.get("model"),
+            engine=self.engine,
+            data_seconds=self.data_seconds,
+        )
         self.tracker.start(self.args.client_num_in_total)
         for step in self.steps.all():
             self.log.info("%s", step.describe())

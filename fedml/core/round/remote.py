@@ -1,4 +1,4 @@
-"""The round over a ``Transport``: the server's ``RemoteBackend`` and the peer's ``RoundWorker``.
+"""The server side of the round over a ``Transport``: ``RemoteBackend``, its stages and its peers.
 
 A round is a list of stages. Each stage sends a request to some peers and collects their replies
 until its participation policy says it is complete; ``RemoteBackend.exchange`` is the one loop that
@@ -9,25 +9,30 @@ Peers have string ids and join by sending ``INIT`` with the clients they host an
 counts, at any time; a peer that sends ``INIT`` again has rejoined (its unfinished work is void), and
 one that reports an error is dropped until it rejoins. Replies that are late (an earlier round),
 stale (another stage), duplicated or from a peer that never joined are dropped with one log line each.
-MPI simulation runs this over the MPI transport with ``AllReplies``.
+MPI simulation runs this over the MPI transport with ``AllReplies``; the peers run ``RoundWorker``.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fedml.core.algorithms import Update
 from fedml.core.comm import Message, MessageKind, Transport
-from fedml.core.round.backend import LocalBackend, RoundTask
+from fedml.core.round.backend import RoundTask
 from fedml.core.round.policy import ParticipationPolicy
-from fedml.errors import FedMLError, ProtocolError, TransportError
+from fedml.core.round.wire import (
+    hosted_clients,
+    pack_assignment,
+    pack_outcome,
+    unpack_updates,
+)
+from fedml.errors import ProtocolError, TransportError
 from fedml.tracking import RunResult, role_logger
 
 if TYPE_CHECKING:
@@ -113,111 +118,6 @@ def assign_clients(
         if hosts is None:
             heapq.heappush(heap, (loads[peer], order[peer], peer))
     return {peer: sorted(share) for peer, share in shares.items()}
-
-
-def pack_assignment(
-    state: Mapping[str, torch.Tensor], payloads: Mapping[int, Mapping[str, torch.Tensor]]
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Turn a worker's round (the global state, its clients and their payloads) into metadata and tensors.
-
-    Tensors are named ``global/<name>`` and ``payload/<client>/<name>``.
-    """
-    tensors = {f"global/{name}": t for name, t in state.items()}
-    for client, payload in payloads.items():
-        tensors.update({f"payload/{client}/{name}": t for name, t in payload.items()})
-    return {"clients": sorted(payloads)}, tensors
-
-
-def unpack_assignment(
-    message: Message,
-) -> tuple[list[int], dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]]:
-    """Return the clients, the global state and each client's payload of a ``SYNC_MODEL`` message.
-
-    Raises
-    ------
-    ProtocolError
-        If the message does not name its clients as a list of integers.
-
-    """
-    clients = message.metadata.get("clients")
-    if not isinstance(clients, list) or not all(_is_int(c) for c in clients):
-        raise ProtocolError(f"{message.describe()} does not name its clients")
-    state = {k.removeprefix("global/"): t for k, t in message.tensors.items() if k.startswith("global/")}
-    payloads: dict[int, dict[str, torch.Tensor]] = {}
-    for client in clients:
-        prefix = f"payload/{client}/"
-        payloads[client] = {
-            k.removeprefix(prefix): t for k, t in message.tensors.items() if k.startswith(prefix)
-        }
-    return clients, state, payloads
-
-
-def pack_updates(updates: Sequence[Update]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Turn updates into message metadata and tensors (``"<i>/state/<name>"``, ``"<i>/extra/<name>"``)."""
-    metadata = {
-        "updates": [
-            {
-                "client": u.client_idx,
-                "weight": u.weight,
-                "metrics": u.metrics,
-                "names": list(u.state),
-                "extras": list(u.extras),
-            }
-            for u in updates
-        ]
-    }
-    tensors = {f"{i}/state/{name}": t for i, u in enumerate(updates) for name, t in u.state.items()}
-    tensors.update({f"{i}/extra/{name}": t for i, u in enumerate(updates) for name, t in u.extras.items()})
-    return metadata, tensors
-
-
-def unpack_updates(message: Message) -> list[Update]:
-    """Rebuild the updates of a ``CLIENT_UPDATE`` message, checking that it is complete.
-
-    Raises
-    ------
-    ProtocolError
-        If the metadata or tensors do not describe a list of updates.
-
-    """
-    entries = message.metadata.get("updates")
-    if not isinstance(entries, list):
-        raise ProtocolError(f"{message.describe()} has no list of updates")
-    updates = []
-    for i, entry in enumerate(entries):
-        try:
-            state = {name: message.tensors[f"{i}/state/{name}"] for name in entry["names"]}
-            extras = {name: message.tensors[f"{i}/extra/{name}"] for name in entry["extras"]}
-            updates.append(
-                Update(int(entry["client"]), float(entry["weight"]), state, dict(entry["metrics"]), extras)
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"{message.describe()}: update {i} is incomplete ({exc!r})") from exc
-    return updates
-
-
-def hosted_clients(message: Message) -> dict[int, int]:
-    """Return the clients an ``INIT`` message announces, with their sample counts.
-
-    ``sample_counts`` lists one count per client; ``clients`` names them (default ``0 .. n - 1``, a
-    simulation worker that can train every client).
-
-    Raises
-    ------
-    ProtocolError
-        If the lists are missing, of different lengths, or not integers.
-
-    """
-    counts = message.metadata.get("sample_counts")
-    clients = message.metadata.get("clients", list(range(len(counts)) if isinstance(counts, list) else []))
-    if (
-        not isinstance(counts, list)
-        or not isinstance(clients, list)
-        or len(counts) != len(clients)
-        or not all(_is_int(v) and v >= 0 for v in [*counts, *clients])
-    ):
-        raise ProtocolError(f"{message.describe()} does not list its clients and their sample counts")
-    return dict(zip(clients, counts, strict=True))
 
 
 class RemoteBackend:
@@ -507,150 +407,9 @@ class RemoteBackend:
         return "; ".join(parts)
 
 
-Handler = Callable[[Message], tuple[MessageKind, dict[str, Any], dict[str, torch.Tensor]]]
-"""Answers one request kind: ``handler(message) -> (reply kind, metadata, tensors)``."""
-
-
-class RoundWorker:
-    """A peer: joins, then answers the server's requests until it says ``FINISH``.
-
-    Parameters
-    ----------
-    transport
-        Connects this process to the server.
-    backend
-        Trains the clients the server assigns (the same in-process backend ``sp`` uses).
-    sample_counts
-        Client id -> sample count of every client this peer hosts (announced when it joins).
-    timeout
-        Seconds to wait for the server's next message.
-    server
-        The server's peer id.
-
-    """
-
-    def __init__(
-        self,
-        transport: Transport,
-        backend: LocalBackend,
-        sample_counts: Mapping[int, int],
-        timeout: float,
-        server: str = "0",
-    ) -> None:
-        self.transport = transport
-        self.backend = backend
-        self.sample_counts = dict(sample_counts)
-        self.timeout = timeout
-        self.server = server
-        self.log = role_logger("Client", transport.rank)
-        self.handlers: dict[MessageKind, Handler] = {TRAIN.request: self.train}
-
-    def join(self) -> None:
-        """Announce this peer, its clients and their sample counts to the server."""
-        clients = sorted(self.sample_counts)
-        metadata = {
-            "client_num": self.backend.client_num,
-            "clients": clients,
-            "sample_counts": [self.sample_counts[c] for c in clients],
-        }
-        self.transport.send(Message(MessageKind.INIT, self.transport.address, self.server, -1, metadata))
-
-    def run(self) -> RunResult:
-        """Join, serve requests until ``FINISH``; return the run's result as the server reported it."""
-        self.join()
-        while True:
-            try:
-                message = self.transport.receive(self.timeout)
-            except ProtocolError as exc:
-                self.log.warning("Ignored a malformed message: %s", exc)
-                continue
-            if message.sender != self.server:
-                self.log.warning("Ignored a message that is not from the server: %s", message.describe())
-                continue
-            if message.kind == MessageKind.FINISH:
-                return self._result(message)
-            handler = self.handlers.get(message.kind)
-            if handler is None:
-                self.log.warning("Ignored an unexpected message: %s", message.describe())
-                continue
-            try:
-                kind, metadata, tensors = handler(message)
-            except Exception as exc:
-                self.transport.send(
-                    Message(
-                        MessageKind.ERROR,
-                        self.transport.address,
-                        self.server,
-                        message.round_idx,
-                        {"error": repr(exc)},
-                    )
-                )
-                raise
-            self.transport.send(
-                Message(kind, self.transport.address, self.server, message.round_idx, metadata, tensors)
-            )
-
-    def train(self, message: Message) -> tuple[MessageKind, dict[str, Any], dict[str, torch.Tensor]]:
-        """Train the clients named in a ``SYNC_MODEL`` message from the state it carries."""
-        clients, state, payloads = unpack_assignment(message)
-        self.log.debug("Round %d: training clients %s", message.round_idx + 1, clients)
-        task = RoundTask(message.round_idx, state, clients, payloads, len(clients))
-        metadata, tensors = pack_updates(self.backend.train(task))
-        return TRAIN.reply, metadata, tensors
-
-    def _result(self, message: Message) -> RunResult:
-        result = unpack_outcome(message, "the server")
-        self.log.info("Finished; the server saved the run in %s", result.run_dir)
-        return result
-
-
-def pack_outcome(
-    result: RunResult | None, error: BaseException | None
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Return the metadata and tensors of a ``FINISH`` message: the run's result, or the error."""
-    if result is None:
-        return {"error": f"{type(error).__name__}: {error}"}, {}
-    metadata = {
-        "final_metrics": result.final_metrics,
-        "history": result.history,
-        "run_dir": str(result.run_dir),
-        "engine": result.engine,
-        "round_seconds": result.round_seconds,
-        "phases": result.phases,
-    }
-    return metadata, result.model_state
-
-
-def unpack_outcome(message: Message, sender: str) -> RunResult:
-    """Return the ``RunResult`` a ``FINISH`` message carries.
-
-    Raises
-    ------
-    FedMLError
-        If the run failed: the message says why, naming ``sender`` as the one that ended it.
-
-    """
-    meta = message.metadata
-    if "error" in meta:
-        raise FedMLError(f"{sender} ended the run: {meta['error']}")
-    return RunResult(
-        dict(meta.get("final_metrics", {})),
-        list(meta.get("history", [])),
-        Path(meta.get("run_dir", ".")),
-        message.tensors,
-        str(meta.get("engine", "")),
-        list(meta.get("round_seconds", [])),
-        dict(meta.get("phases", {})),
-    )
-
-
 def peer_order(peer: str) -> tuple[int, int, str]:
     """Sort key of peer ids: ranks numerically (``"2"`` before ``"10"``), then names.
 
     The split of clients among peers follows this order, never the order in which they joined.
     """
     return (0, int(peer), "") if peer.isdecimal() else (1, 0, peer)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -7,7 +7,7 @@ import torch
 from fedml.core.algorithms import Update
 from fedml.core.comm import LocalHub, Message, MessageKind
 from fedml.core.round import AllReplies, FirstReplies, Quorum, RemoteBackend, RoundTask
-from fedml.core.round.remote import pack_updates
+from fedml.core.round.wire import pack_updates
 from fedml.errors import TransportError
 
 PEERS = ["a", "b", "c"]

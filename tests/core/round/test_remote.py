@@ -4,10 +4,8 @@ import pytest
 import torch
 
 import fedml
-from fedml.core.algorithms import Update
 from fedml.core.comm import LocalHub, Message, MessageKind
 from fedml.core.round import AllReplies, RemoteBackend, RoundWorker, assign_clients
-from fedml.core.round.remote import pack_assignment, pack_updates, unpack_assignment, unpack_updates
 from fedml.errors import ProtocolError, TransportError
 from fedml.ml import ClientTrainer
 from fedml.simulation.sp import SPSimulator
@@ -32,34 +30,6 @@ def test_assign_clients_sends_each_client_to_a_peer_that_hosts_it():
     assert shares == {"a": [0], "b": [1, 2]}
     with pytest.raises(TransportError, match="no online peer hosts client 3"):
         assign_clients([3], {3: 1}, ["a", "b"], hosts)
-
-
-def test_updates_survive_packing():
-    state = {"w": torch.ones(2, 2), "b": torch.zeros(2)}
-    extras = {"delta_c/w": torch.full((2, 2), 3.0)}
-    updates = [Update(4, 12.0, state, {"train_loss": 0.5}, extras)]
-    metadata, tensors = pack_updates(updates)
-    (back,) = unpack_updates(Message(MessageKind.CLIENT_UPDATE, "1", "0", 0, metadata, tensors))
-    assert (back.client_idx, back.weight, back.metrics) == (4, 12.0, {"train_loss": 0.5})
-    assert list(back.state) == ["w", "b"]
-    assert torch.equal(back.extras["delta_c/w"], extras["delta_c/w"])
-    with pytest.raises(ProtocolError, match="incomplete"):
-        unpack_updates(Message(MessageKind.CLIENT_UPDATE, "1", "0", 0, metadata, {}))
-
-
-def test_assignments_carry_the_state_and_each_clients_payload():
-    state = {"w": torch.ones(2)}
-    payloads = {3: {"c/w": torch.full((2,), 2.0)}, 7: {}}
-    metadata, tensors = pack_assignment(state, payloads)
-    clients, back_state, back_payloads = unpack_assignment(
-        Message(MessageKind.SYNC_MODEL, "0", "1", 0, metadata, tensors)
-    )
-    assert clients == [3, 7]
-    assert torch.equal(back_state["w"], state["w"])
-    assert torch.equal(back_payloads[3]["c/w"], payloads[3]["c/w"])
-    assert back_payloads[7] == {}
-    with pytest.raises(ProtocolError, match="does not name its clients"):
-        unpack_assignment(Message(MessageKind.SYNC_MODEL, "0", "1", 0, {"clients": "all"}, tensors))
 
 
 def _simulator(args, trainer=None):
