@@ -221,6 +221,7 @@ def load_arguments(
             errors.extend(_section_errors(name, model, exc))
     errors.extend(_name_checks(sections, values))
     if not errors:
+        _networked_defaults(sections)
         errors.extend(_cross_checks(sections))
     if errors:
         raise ConfigError(_format_errors(source, errors))
@@ -343,6 +344,26 @@ def _name_checks(
         if isinstance(value, str) and value not in registry:
             errors.append((registry.key, registry.unknown(value).partition(": ")[2]))
     return errors
+
+
+NETWORK_BACKENDS = {"cross_silo": "GRPC", "cross_device": "MQTT"}
+"""The ``comm_args.backend`` of each networked training type when the configuration names none."""
+
+
+def _networked_defaults(sections: Mapping[str, Any]) -> None:
+    """Fill what a networked run leaves unset: its backend and, for one client per silo, the client count.
+
+    The seed's cross-silo YAML names neither ``comm_args.backend`` nor ``client_num_in_total``: it runs
+    over gRPC with one client (the silo's own data) per silo, ``client_num_per_round`` silos in all.
+    """
+    training_type = sections["common_args"].training_type
+    if training_type not in NETWORK_BACKENDS:
+        return
+    comm, train = sections["comm_args"], sections["train_args"]
+    if "backend" not in comm.model_fields_set:
+        comm.backend = NETWORK_BACKENDS[training_type]
+    if "client_num_in_total" not in train.model_fields_set:
+        train.client_num_in_total = train.client_num_per_round
 
 
 def _cross_checks(sections: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -123,11 +123,36 @@ class DeviceArgs(Section):
 
 
 class CommArgs(Section):
-    """``comm_args``: the communication backend."""
+    """``comm_args``: the communication backend, and for networked runs the address, security and waits.
+
+    ``backend`` defaults by training type (``sp`` for simulation, ``GRPC`` for cross-silo, ``MQTT`` for
+    cross-device). ``host``/``port`` are the gRPC server's or the MQTT broker's address. The round keys
+    (``join_timeout``, ``round_timeout``, ``min_clients``, ``min_clients_per_round``, ``round_retries``)
+    say how long a networked server waits for silos and with how few it goes on; unset, they follow
+    ``timeout`` and ``client_num_per_round`` as docs/cross_silo.md says.
+    """
 
     backend: str = "sp"
     timeout: float = Field(300.0, gt=0)
     max_message_mb: int = Field(1024, ge=1, le=2047)
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    auth_token: str | None = None
+    auth_token_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_auth: bool = False
+    insecure: bool = False
+    insecure_remote: bool = False
+    broker_username: str | None = None
+    broker_password: str | None = None
+    heartbeat: float = Field(10.0, gt=0)
+    join_timeout: float = Field(300.0, gt=0)
+    round_timeout: float | None = Field(None, gt=0)
+    min_clients: int | None = Field(None, ge=1)
+    min_clients_per_round: int | None = Field(None, ge=1)
+    round_retries: int = Field(3, ge=0)
 
 
 class TrackingArgs(Section):
