@@ -21,6 +21,10 @@ class ProtocolError(TransportError):
     """A message on the wire is malformed, truncated, oversized or of an unexpected kind."""
 
 
+class RoundIncompleteError(TransportError):
+    """Too few replies arrived by a stage's deadline; the round may be retried (comm_args.round_retries)."""
+
+
 class AggregationError(FedMLError):
     """Client updates cannot be aggregated (empty, mismatched, or preconditions not met)."""
 

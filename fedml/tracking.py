@@ -103,6 +103,25 @@ class RunResult:
     phases: dict[str, float] = field(default_factory=dict)
 
 
+SECRET_KEYS = ("auth_token", "broker_password")
+"""Keys whose values never reach a run directory: ``config.yaml`` records them as ``<redacted>``."""
+
+
+def redacted(config: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return ``config`` (section -> keys) with the values of ``SECRET_KEYS`` that are set replaced.
+
+    Examples
+    --------
+    >>> redacted({"comm_args": {"auth_token": "s3cret", "host": "h"}})
+    {'comm_args': {'auth_token': '<redacted>', 'host': 'h'}}
+
+    """
+    return {
+        name: {k: "<redacted>" if k in SECRET_KEYS and v is not None else v for k, v in keys.items()}
+        for name, keys in config.items()
+    }
+
+
 class RunTracker:
     """Writes one run's directory and its console lines.
 
@@ -140,7 +159,9 @@ class RunTracker:
         self.run_dir = _new_run_dir(
             Path(args.run_dir).expanduser(), f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
         )
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(args.to_dict(), sort_keys=False))
+        atomic_write_text(
+            self.run_dir / "config.yaml", yaml.safe_dump(redacted(args.to_dict()), sort_keys=False)
+        )
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")  # noqa: SIM115
 
     def start(self, client_num: int) -> None:
@@ -153,6 +174,32 @@ class RunTracker:
             args.comm_round,
             args.federated_optimizer,
         )
+
+    def carry_over(self, previous: Path, rounds_done: int) -> int:
+        """Copy the records of rounds ``1 .. rounds_done`` from a resumed run's ``metrics.jsonl``.
+
+        So the finished run's ``metrics.jsonl`` lists every round exactly once: the rounds the resumed
+        run completed and checkpointed, then the ones this run trains. Records of rounds after the
+        checkpoint (trained again now) and lines that are not JSON records are left out. Returns how
+        many records were copied.
+        """
+        try:
+            lines = previous.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return 0
+        copied = 0
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict) or not 1 <= record.get("round", 0) <= rounds_done:
+                continue
+            self.history.append({k: float("nan") if v is None else v for k, v in record.items()})
+            self._metrics.write(json.dumps(record, allow_nan=False) + "\n")
+            copied += 1
+        self._metrics.flush()
+        return copied
 
     def log_round(self, round_idx: int, test: Mapping[str, float], train_loss: float) -> dict[str, float]:
         """Record an evaluated round (0-based ``round_idx``, shown 1-based) and log its accuracy line."""

@@ -168,6 +168,7 @@ class AllReduceBackend:
 
     name = "NCCL"
     presummed = True
+    retries = 0
 
     def __init__(self, share: _ShareTrainer, log: logging.LoggerAdapter) -> None:
         self.share = share

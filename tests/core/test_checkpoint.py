@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -32,7 +34,18 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one(make_args, algorithm):
     first_half = run(make_args, comm_round=2, **algorithm)
     resumed = run(make_args, comm_round=4, resume_from=str(first_half.run_dir / CHECKPOINT_FILE), **algorithm)
     assert all(torch.equal(whole.model_state[k], resumed.model_state[k]) for k in whole.model_state)
-    assert [r["round"] for r in resumed.history] == [3, 4]
+    assert [r["round"] for r in resumed.history] == [1, 2, 3, 4]
+    assert [r["test_accuracy"] for r in resumed.history] == [r["test_accuracy"] for r in whole.history]
+    lines = (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_rounds_evaluated_after_the_last_checkpoint_are_not_repeated_in_the_resumed_metrics(make_args):
+    first = run(make_args, comm_round=3, checkpoint_frequency=2, save_model=False)
+    assert [r["round"] for r in first.history] == [1, 2, 3]
+    resumed = run(make_args, comm_round=4, resume_from=str(first.run_dir / CHECKPOINT_FILE))
+    lines = (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2, 3, 4]
 
 
 def test_checkpoint_frequency_writes_intermediate_checkpoints(make_args):

@@ -88,8 +88,8 @@ def test_a_dead_worker_ends_the_job_with_a_clear_error_on_rank_0(tmp_path):
     # The console line races MPI_Abort through mpirun's output forwarding; the run directory does not.
     error = (run_dir_of(tmp_path / "runs") / "error.txt").read_text()
     assert error == (
-        "TransportError: round 2: train: 4 of 7 clients replied, 7 needed; no CLIENT_UPDATE from peer(s) "
-        "['2'] within 3.0 s (comm_args.timeout); a peer process probably died or hangs\n"
+        "RoundIncompleteError: round 2: train: 4 of 7 clients replied, 7 needed; no CLIENT_UPDATE from "
+        "peer(s) ['2'] within 3.0 s (comm_args.timeout); a peer process probably died or hangs\n"
     )
 
 

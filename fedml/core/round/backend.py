@@ -60,11 +60,14 @@ class Backend(Protocol):
         The ``comm_args.backend`` name, for messages.
     presummed
         True when ``train`` returns a ``SummedUpdate`` instead of every client's update.
+    retries
+        How often the driver retries a round whose ``train`` raised ``RoundIncompleteError``.
 
     """
 
     name: str
     presummed: bool
+    retries: int
 
     def open(self) -> None:
         """Get ready for the first round (connect, wait for peers)."""
@@ -118,6 +121,7 @@ class LocalBackend:
     """
 
     presummed = False
+    retries = 0
 
     def __init__(
         self,

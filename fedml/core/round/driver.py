@@ -9,6 +9,7 @@ backend's business; how the results are checked and combined is the same everywh
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,7 +28,7 @@ from fedml.core.checkpoint import (
 from fedml.core.round.backend import Backend, RoundTask
 from fedml.core.sampling import sample_clients
 from fedml.core.steps import Steps, build_steps, check_compatibility
-from fedml.errors import AggregationError, ConfigError, FedMLError
+from fedml.errors import AggregationError, ConfigError, FedMLError, RoundIncompleteError
 from fedml.tracking import RunResult, RunTracker, progress, role_logger
 
 if TYPE_CHECKING:
@@ -103,10 +104,9 @@ class FederatedRound:
             tracker = self._started()
             for round_idx in progress(range(self.first_round, self.args.comm_round), "rounds"):
                 began = tracker.round_started()
-                task = self.task(round_idx, state, backend)
                 # Named, so a round's results are freed only when the next arrive: the allocator then
                 # reuses their memory instead of faulting in fresh pages (a third fewer on many clients).
-                results = backend.train(task)
+                results = self.train(round_idx, state, backend)
                 state = self.finish(round_idx, state, results)
                 tracker.round_done(began)
             result = self.result()
@@ -146,6 +146,8 @@ class FederatedRound:
             if checkpoint.algorithm_state and isinstance(self.algorithm, Checkpointable):
                 self.algorithm.load_state_dict(checkpoint.algorithm_state)
             self.first_round = checkpoint.rounds_done
+            previous = Path(self.args.resume_from).expanduser().parent / "metrics.jsonl"
+            self.tracker.carry_over(previous, checkpoint.rounds_done)
             self.log.info("Resumed from %s after round %d", self.args.resume_from, self.first_round)
         return self.aggregator.get_model_params()
 
@@ -176,6 +178,29 @@ class FederatedRound:
         )
         payloads = {c: self.algorithm.client_payload(c) for c in clients}
         return RoundTask(round_idx, state, clients, payloads, self.args.client_num_per_round)
+
+    def train(self, round_idx: int, state: dict[str, torch.Tensor], backend: Backend) -> RoundResults:
+        """Have ``backend`` train round ``round_idx``; retry the round when too few replies arrived.
+
+        A retry samples again from the clients online then (the same choice for the same online set)
+        and is made at most ``backend.retries`` times.
+
+        Raises
+        ------
+        RoundIncompleteError
+            If the last try still got too few replies.
+
+        """
+        for attempt in range(backend.retries + 1):
+            try:
+                return backend.train(self.task(round_idx, state, backend))
+            except RoundIncompleteError as exc:
+                if attempt == backend.retries:
+                    raise
+                self.log.warning(
+                    "Round %d is retried (%d of %d): %s", round_idx + 1, attempt + 1, backend.retries, exc
+                )
+        raise FedMLError("unreachable: the last try returns or raises")
 
     def clients(self, round_idx: int, candidates: list[int], count: int) -> list[int]:
         """Return ``count`` of ``candidates`` for round ``round_idx`` (seeded; the same on every backend)."""
@@ -215,7 +240,7 @@ class FederatedRound:
                 raise _diverged(round_idx, None)
             combined: RoundResults = results
         else:
-            usable = usable_updates(round_idx, results, self.log)
+            usable = usable_updates(round_idx, results, self.log, global_state)
             if not usable:
                 raise _diverged(round_idx, len(results))
             for step in self.steps.server:
@@ -242,10 +267,20 @@ class FederatedRound:
         return last or (round_idx + 1) % self.args.frequency_of_the_test == 0
 
 
-def usable_updates(round_idx: int, updates: list[Update], log: Any) -> list[Update]:
-    """Return the updates with a positive weight and only finite values; log each one dropped, by client."""
+def usable_updates(
+    round_idx: int,
+    updates: list[Update],
+    log: Any,
+    reference: Mapping[str, torch.Tensor] | None = None,
+) -> list[Update]:
+    """Return the updates that can be aggregated; log each one dropped, naming the client and why.
+
+    An update is dropped when its weight is not positive, a value is not finite, or (given the global
+    state as ``reference``) its tensors' names, shapes or dtypes differ from the global model's.
+    """
+    fitting = [u for u in updates if _misfit(u, reference, round_idx, log) is None]
     usable = []
-    for update, finite in zip(updates, finite_states([u.state for u in updates]), strict=True):
+    for update, finite in zip(fitting, finite_states([u.state for u in fitting]), strict=True):
         if update.weight > 0 and finite:
             usable.append(update)
             continue
@@ -257,6 +292,38 @@ def usable_updates(round_idx: int, updates: list[Update], log: Any) -> list[Upda
             not finite,
         )
     return usable
+
+
+def _misfit(
+    update: Update, reference: Mapping[str, torch.Tensor] | None, round_idx: int, log: Any
+) -> str | None:
+    """Return why ``update`` does not fit the global model (and log it), or ``None`` when it fits."""
+    if reference is None:
+        return None
+    problem = None
+    if set(update.state) != set(reference):
+        missing, extra = (
+            sorted(set(reference) - set(update.state)),
+            sorted(set(update.state) - set(reference)),
+        )
+        problem = f"tensors missing {missing[:3]}, unexpected {extra[:3]}"
+    else:
+        for name, tensor in update.state.items():
+            want = reference[name]
+            if tensor.shape != want.shape or tensor.dtype != want.dtype:
+                problem = (
+                    f"{name} is {tuple(tensor.shape)} {tensor.dtype}, the global model's "
+                    f"{tuple(want.shape)} {want.dtype}"
+                )
+                break
+    if problem is not None:
+        log.warning(
+            "Round %d: dropped the update of client %d, which does not fit the global model: %s",
+            round_idx + 1,
+            update.client_idx,
+            problem,
+        )
+    return problem
 
 
 def train_loss(results: RoundResults) -> float:

@@ -32,7 +32,7 @@ from fedml.core.round.wire import (
     pack_outcome,
     unpack_updates,
 )
-from fedml.errors import ProtocolError, TransportError
+from fedml.errors import ProtocolError, RoundIncompleteError, TransportError
 from fedml.tracking import RunResult, role_logger
 
 if TYPE_CHECKING:
@@ -64,16 +64,21 @@ class Peer:
 
 @dataclass
 class _Collection:
-    """What one stage has gathered so far."""
+    """What one stage has gathered so far: who still owes a reply (with its client count), who replied."""
 
     stage: Stage
     round_idx: int
-    pending: dict[str, int]
+    sizes: Mapping[str, int]
+    requests: Mapping[str, tuple[dict[str, Any], dict[str, torch.Tensor]]]
+    pending: dict[str, int] = field(init=False)
     replies: dict[str, Message] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
-    def replied(self, sizes: Mapping[str, int]) -> int:
-        return sum(sizes[p] for p in self.replies)
+    def __post_init__(self) -> None:
+        self.pending = dict(self.sizes)
+
+    def replied(self) -> int:
+        return sum(self.sizes[p] for p in self.replies)
 
 
 def assign_clients(
@@ -134,11 +139,17 @@ class RemoteBackend:
     expected_peers
         Peers that must all have joined before round 1 (MPI: every worker rank); ``None`` for none.
     min_peers
-        With no ``expected_peers``: how many peers must have joined before round 1.
+        With no ``expected_peers``: how many peers to wait for before round 1.
+    start_with
+        How many of them are enough when ``join_timeout`` passes (default: ``min_peers``).
     join_timeout
-        Seconds to wait for them.
+        Seconds to wait for them, and for ``min_online`` peers when fewer are online before a round.
+    min_online
+        Peers that must be online for a round to start.
     client_num
         Every process must load the same number of clients; a peer announcing another is refused.
+    retries
+        How often the driver retries a round that got too few replies (``RoundIncompleteError``).
     log
         The server's logger.
 
@@ -154,22 +165,30 @@ class RemoteBackend:
         *,
         expected_peers: Sequence[str] | None = None,
         min_peers: int = 1,
+        start_with: int | None = None,
         join_timeout: float = 300.0,
+        min_online: int = 1,
         client_num: int | None = None,
+        retries: int = 0,
         log: logging.LoggerAdapter | None = None,
     ) -> None:
+        self.retries = retries
         self.transport = transport
         self.policy = policy
         self.name = name
         self.expected = list(expected_peers or [])
         self.min_peers = len(self.expected) or min_peers
+        self.start_with = min(start_with or self.min_peers, self.min_peers)
         self.join_timeout = join_timeout
+        self.min_online = min_online
         self.client_num = client_num
         self.log = log or role_logger("Server", 0)
         self.peers: dict[str, Peer] = {}
 
     def open(self) -> None:
         """Wait until the expected peers (or ``min_peers`` peers) have joined.
+
+        When ``join_timeout`` passes with fewer, the run starts anyway if ``start_with`` peers joined.
 
         Raises
         ------
@@ -185,6 +204,14 @@ class RemoteBackend:
 
         while not joined():
             message = self._next(deadline)
+            if message is None and not self.expected and len(self._online()) >= self.start_with:
+                self.log.warning(
+                    "%d of %d peers joined within %s s (comm_args.join_timeout); starting with them",
+                    len(self._online()),
+                    self.min_peers,
+                    self.join_timeout,
+                )
+                break
             if message is None:
                 missing = sorted(set(self.expected) - set(self.peers)) if self.expected else []
                 raise TransportError(
@@ -196,9 +223,31 @@ class RemoteBackend:
         self.log.info("%d peers connected", len([p for p in self.peers.values() if p.online]))
 
     def clients(self) -> list[int]:
-        """Return the clients hosted by online peers (after reading any joins that have arrived)."""
+        """Return the clients hosted by online peers (after reading any joins that have arrived).
+
+        With fewer than ``min_online`` peers online (silos dropped), waits up to ``join_timeout`` for
+        some to join again.
+
+        Raises
+        ------
+        TransportError
+            If too few peers are online when ``join_timeout`` passes.
+
+        """
         self._drain()
-        return sorted({c for peer in self.peers.values() if peer.online for c in peer.clients})
+        deadline = time.monotonic() + self.join_timeout
+        while len(self._online()) < self.min_online:
+            message = self._next(deadline)
+            if message is None:
+                raise TransportError(
+                    f"{len(self._online())} peer(s) online, {self.min_online} needed to go on, and none "
+                    f"joined within {self.join_timeout} s (comm_args.join_timeout)"
+                )
+            self._handle(message, None)
+        return sorted({c for p in self._online() for c in self.peers[p].clients})
+
+    def _online(self) -> list[str]:
+        return sorted((p for p, peer in self.peers.items() if peer.online), key=peer_order)
 
     def selection_size(self, wanted: int) -> int:
         """Return the policy's selection size for ``wanted`` results."""
@@ -213,7 +262,7 @@ class RemoteBackend:
             If fewer replies than the policy requires arrive by its deadline.
 
         """
-        online = sorted((p for p, peer in self.peers.items() if peer.online), key=peer_order)
+        online = self._online()
         counts = {c: n for p in online for c, n in self.peers[p].clients.items()}
         hosts = {p: self.peers[p].clients.keys() for p in online}
         shares = assign_clients(task.clients, counts, online, hosts)
@@ -254,29 +303,25 @@ class RemoteBackend:
 
         Raises
         ------
-        TransportError
+        RoundIncompleteError
             If fewer replies than the policy requires arrive by its deadline.
 
         """
         policy = self.policy
         selected = sum(sizes.values())
         target, required = policy.target(wanted, selected), policy.required(wanted, selected)
-        collection = _Collection(stage, round_idx, dict(sizes))
-        server = self.transport.address
-        for peer, (metadata, tensors) in requests.items():
-            try:
-                self.transport.send(Message(stage.request, server, peer, round_idx, metadata, tensors))
-            except TransportError as exc:
-                self._fail(collection, peer, f"could not send {stage.request.name}: {exc}")
+        collection = _Collection(stage, round_idx, sizes, requests)
+        for peer in requests:
+            self._request(collection, peer)
         deadline = time.monotonic() + policy.timeout
-        while collection.pending and collection.replied(sizes) < target:
+        while collection.pending and collection.replied() < target:
             message = self._next(deadline)
             if message is None:
                 break
             self._handle(message, collection)
-        replied = collection.replied(sizes)
+        replied = collection.replied()
         if replied < required:
-            raise TransportError(self._shortfall(collection, replied, selected, required))
+            raise RoundIncompleteError(self._shortfall(collection, replied, selected, required))
         late = sorted(collection.pending)
         if late:
             self.log.warning(
@@ -290,6 +335,17 @@ class RemoteBackend:
                 policy.timeout,
             )
         return collection.replies
+
+    def _request(self, collection: _Collection, peer: str) -> None:
+        """Send ``peer`` its request of the collection's stage; a failed send fails the peer."""
+        metadata, tensors = collection.requests[peer]
+        message = Message(
+            collection.stage.request, self.transport.address, peer, collection.round_idx, metadata, tensors
+        )
+        try:
+            self.transport.send(message)
+        except TransportError as exc:
+            self._fail(collection, peer, f"could not send {collection.stage.request.name}: {exc}")
 
     def close(self, result: RunResult | None, error: BaseException | None) -> None:
         """Tell every online peer to stop, with the run's result or the error."""
@@ -335,8 +391,17 @@ class RemoteBackend:
         sender = message.sender
         if message.kind == MessageKind.INIT:
             self._join(message)
-            if collection is not None and sender in collection.pending:
-                self._fail(collection, sender, "rejoined, so its work for this stage is lost")
+            if collection is not None and sender in collection.requests and sender not in collection.replies:
+                # A restarted peer lost its work: it gets this stage's request again, and its reply counts.
+                self.log.info(
+                    "Round %d: peer %s rejoined; sent it the %s request again",
+                    collection.round_idx + 1,
+                    sender,
+                    collection.stage.name,
+                )
+                collection.pending[sender] = collection.sizes[sender]
+                collection.failures.pop(sender, None)
+                self._request(collection, sender)
             return
         if sender not in self.peers:
             self.log.warning(
@@ -389,7 +454,7 @@ class RemoteBackend:
     def _fail(self, collection: _Collection, peer: str, reason: str) -> None:
         collection.pending.pop(peer, None)
         collection.failures[peer] = reason
-        if peer in self.peers and not reason.startswith("rejoined"):
+        if peer in self.peers:
             self.peers[peer].online = False
         self.log.warning("Round %d: peer %s %s", collection.round_idx + 1, peer, reason)
 

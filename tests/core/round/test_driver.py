@@ -4,7 +4,7 @@ import torch
 import fedml
 from fedml.core.algorithms import SummedUpdate, Update, create_algorithm
 from fedml.core.round import FederatedRound
-from fedml.errors import AggregationError, NotSupportedError
+from fedml.errors import AggregationError, NotSupportedError, RoundIncompleteError
 from fedml.ml import ClientTrainer, ServerAggregator
 
 
@@ -13,8 +13,10 @@ class ScriptedBackend:
 
     name = "scripted"
 
-    def __init__(self, candidates, presummed=False, value=1.0, weight=5.0):
+    def __init__(self, candidates, presummed=False, value=1.0, weight=5.0, retries=0, failures=0):
         self.candidates = candidates
+        self.retries = retries
+        self.failures = failures
         self.presummed = presummed
         self.value = value
         self.weight = weight
@@ -33,6 +35,10 @@ class ScriptedBackend:
 
     def train(self, task):
         self.tasks.append(task)
+        if self.failures:
+            self.failures -= 1
+            self.candidates = self.candidates[1:]
+            raise RoundIncompleteError(f"round {task.round_idx + 1}: 0 of {len(task.clients)} replied")
         states = {
             c: {k: torch.full_like(v, self.value) for k, v in task.global_state.items()} for c in task.clients
         }
@@ -98,3 +104,40 @@ def test_a_round_with_no_usable_update_ends_the_backend_with_the_error(make_args
     summed = ScriptedBackend(range(10), presummed=True, weight=0.0)
     with pytest.raises(AggregationError, match="round 1: none of the client updates is usable"):
         driver(make_args(comm_round=2)).run(summed)
+
+
+def test_an_incomplete_round_is_retried_from_the_clients_online_then(make_args, caplog):
+    caplog.set_level("WARNING", logger="fedml")
+    backend = ScriptedBackend(candidates=[0, 1, 2], retries=2, failures=2)
+    result = driver(make_args(comm_round=1, client_num_per_round=2)).run(backend)
+    assert [t.round_idx for t in backend.tasks] == [0, 0, 0]
+    assert backend.tasks[-1].clients == [2]
+    assert backend.ended is result
+    assert "Round 1 is retried (2 of 2)" in caplog.text
+
+
+def test_a_round_still_incomplete_after_its_retries_fails_the_run(make_args):
+    backend = ScriptedBackend(candidates=[0, 1, 2, 3], retries=1, failures=2)
+    with pytest.raises(RoundIncompleteError, match="0 of 2 replied"):
+        driver(make_args(comm_round=2, client_num_per_round=2)).run(backend)
+    assert len(backend.tasks) == 2
+    assert isinstance(backend.ended, RoundIncompleteError)
+
+
+def test_an_update_that_does_not_fit_the_global_model_is_dropped_naming_the_client(make_args, caplog):
+    class Misfits(ScriptedBackend):
+        def train(self, task):
+            updates = super().train(task)
+            name, tensor = next(iter(updates[0].state.items()))
+            updates[0].state[name] = torch.zeros(tensor.numel() + 1)
+            updates[1].state[name] = tensor.double()
+            del updates[2].state[name]
+            return updates
+
+    caplog.set_level("WARNING", logger="fedml")
+    result = driver(make_args(comm_round=1, client_num_per_round=4)).run(Misfits(range(10)))
+    assert result.final_metrics["test_accuracy"] >= 0
+    dropped = [r.getMessage() for r in caplog.records if "does not fit the global model" in r.getMessage()]
+    assert len(dropped) == 3
+    assert "torch.float64" in dropped[1]
+    assert "tensors missing" in dropped[2]

@@ -8,7 +8,7 @@ from fedml.core.algorithms import Update
 from fedml.core.comm import LocalHub, Message, MessageKind
 from fedml.core.round import AllReplies, FirstReplies, Quorum, RemoteBackend, RoundTask
 from fedml.core.round.wire import pack_updates
-from fedml.errors import TransportError
+from fedml.errors import RoundIncompleteError, TransportError
 
 PEERS = ["a", "b", "c"]
 """Silos, each hosting one client: peer ``PEERS[i]`` hosts client ``i`` with ``10 * (i + 1)`` samples."""
@@ -170,7 +170,19 @@ def test_a_peer_can_join_late_and_rejoin_after_a_drop(caplog):
     assert [u.client_idx for u in remote.train(task(0, [0, 1]))] == [0, 1]
 
 
-def test_a_peer_that_rejoins_mid_stage_loses_its_work():
+def test_a_peer_that_rejoins_mid_stage_gets_the_request_again_and_its_reply_counts():
+    silos = joined()
+    remote = backend(silos, Quorum(timeout=0.5, min_replies=3))
+    silos.reply("a", 0)
+    silos.join("b")
+    silos.reply("b", 0)
+    silos.reply("c", 0)
+    updates = remote.train(task(0, [0, 1, 2]))
+    assert [u.client_idx for u in updates] == [0, 1, 2]
+    assert [m.kind for m in silos.requests_to("b")] == [MessageKind.SYNC_MODEL, MessageKind.SYNC_MODEL]
+
+
+def test_a_peer_that_rejoins_and_stays_silent_is_left_out_at_the_deadline():
     silos = joined()
     remote = backend(silos, Quorum(timeout=0.2, min_replies=2))
     silos.reply("a", 0)
@@ -179,6 +191,27 @@ def test_a_peer_that_rejoins_mid_stage_loses_its_work():
     updates = remote.train(task(0, [0, 1, 2]))
     assert [u.client_idx for u in updates] == [0, 2]
     assert remote.clients() == [0, 1, 2]
+
+
+def test_too_few_replies_is_a_round_incomplete_error_naming_the_silent_peer():
+    silos = joined()
+    remote = backend(silos, Quorum(timeout=0.2, min_replies=2))
+    silos.reply("a", 0)
+    with pytest.raises(RoundIncompleteError, match=r"1 of 3 clients replied, 2 needed"):
+        remote.train(task(0, [0, 1, 2]))
+
+
+def test_with_too_few_peers_online_a_round_waits_for_one_to_join_again():
+    silos = joined()
+    remote = RemoteBackend(silos.server, Quorum(1.0, 2), "LOCAL", min_peers=3, min_online=2, join_timeout=1.0)
+    remote.open()
+    silos.say("b", MessageKind.ERROR, -1, {"error": "restarting"})
+    silos.say("c", MessageKind.ERROR, -1, {"error": "restarting"})
+    silos.join("c")
+    assert remote.clients() == [0, 2]
+    silos.say("c", MessageKind.ERROR, -1, {"error": "gone"})
+    with pytest.raises(TransportError, match=r"1 peer\(s\) online, 2 needed to go on"):
+        remote.clients()
 
 
 def test_open_names_the_peers_that_never_joined():
