@@ -247,30 +247,37 @@ class MosquittoBroker:
         return config
 
     def _wait_listening(self, timeout: float) -> None:
+        # Mosquitto logs "... running" once every listener is open; a port that accepts before then
+        # may belong to another program, so both must hold.
         deadline = time.monotonic() + timeout
         ports = [self.port] + ([self.plain_port] if self.plain_port not in (None, self.port) else [])
         probe = self._probe_host(self.host)
-        while ports:
+        while True:
             if self.process is not None and self.process.poll() is not None:
                 raise TransportError(
                     f"mosquitto exited with status {self.process.returncode} at start-up; its last "
                     f"lines:\n{self.log_tail()}"
                 )
-            try:
-                with socket.create_connection((probe, ports[0]), timeout=0.5):
-                    ports.pop(0)
-                    continue
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TransportError(
-                        f"mosquitto did not listen on {self.host}:{ports[0]} within {timeout} s; its last "
-                        f"lines:\n{self.log_tail()}"
-                    ) from None
-                time.sleep(0.05)
+            if " running" in self.log_tail(50) and all(_accepts(probe, port) for port in ports):
+                return
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"mosquitto did not listen on {self.host}:{', '.join(map(str, ports))} within "
+                    f"{timeout} s; its last lines:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
 
     @staticmethod
     def _probe_host(host: str) -> str:
         return "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _find(binary: str) -> str:

@@ -94,7 +94,7 @@ class MqttTransport(ClosingContext):
         self.world_size = 0
         self.server = server
         self.log = log or role_logger("Server" if server else "Client", self.rank)
-        tls = resolve_tls(settings, server=False)
+        tls = self.tls = resolve_tls(settings, server=False)
         self.port = settings.port or DEFAULT_PORTS["MQTT" if tls is not None else "MQTT-plain"]
         self.broker = f"{settings.host}:{self.port}"
         self.inbox = topic(settings.run_id, "to", address)
@@ -209,8 +209,10 @@ class MqttTransport(ClosingContext):
         if self._closed:
             return
         self._closed = True
-        if self._connack.is_set() and self._connect_error is None:
-            self.client.disconnect()
+        connected = self._ready.is_set()
+        # Also ends a pending reconnect wait, so stopping the loop below returns at once.
+        self.client.disconnect()
+        if connected:
             self._disconnected.wait(min(5.0, self.settings.connect_timeout))
         self.client.loop_stop()
 
@@ -224,13 +226,20 @@ class MqttTransport(ClosingContext):
         settings = self.settings
         deadline = time.monotonic() + settings.connect_timeout
         keepalive = max(1, math.ceil(settings.heartbeat))
+        self.client.connect_timeout = max(0.1, min(5.0, settings.connect_timeout))
         while True:
-            self.client.connect_timeout = max(0.1, min(5.0, deadline - time.monotonic()))
             try:
                 self.client.connect(settings.host, self.port, keepalive)
                 break
             except ssl.SSLError as exc:
                 raise TransportError(f"TLS with the MQTT broker {self.broker} failed: {exc}") from exc
+            except ConnectionResetError as exc:
+                if self.tls is None:
+                    raise TransportError(f"the MQTT broker {self.broker} reset the connection") from exc
+                raise TransportError(
+                    f"TLS with the MQTT broker {self.broker} failed: it reset the connection (a plaintext "
+                    "listener does this; comm_args.insecure: true to connect without TLS)"
+                ) from exc
             except OSError as exc:
                 if time.monotonic() + 0.5 > deadline:
                     raise TransportError(
@@ -238,20 +247,20 @@ class MqttTransport(ClosingContext):
                         f"{settings.connect_timeout} s (comm_args.join_timeout): {exc}"
                     ) from exc
                 time.sleep(0.5)
+        # The first connection is served here, so a refusal ends the attempt without paho's
+        # background thread retrying it; that thread takes over once subscribed.
+        while not self._ready.is_set():
+            if self._connect_error is not None:
+                raise TransportError(
+                    f"the MQTT broker {self.broker} refused the connection: {self._connect_error}"
+                )
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"the MQTT broker {self.broker} did not accept the connection and subscriptions within "
+                    f"{settings.connect_timeout} s"
+                )
+            self.client.loop(timeout=0.05)
         self.client.loop_start()
-        if not self._connack.wait(max(0.0, deadline - time.monotonic())):
-            raise TransportError(
-                f"the MQTT broker {self.broker} did not answer within {settings.connect_timeout} s"
-            )
-        if self._connect_error is not None:
-            raise TransportError(
-                f"the MQTT broker {self.broker} refused the connection: {self._connect_error}"
-            )
-        if not self._ready.wait(max(0.0, deadline - time.monotonic())):
-            raise TransportError(
-                f"the MQTT broker {self.broker} did not confirm the subscriptions within "
-                f"{settings.connect_timeout} s"
-            )
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -289,7 +298,11 @@ class MqttTransport(ClosingContext):
     ) -> None:
         self._ready.clear()
         self._disconnected.set()
-        if not self._closed:
+        if not self._connack.is_set():
+            # A TLS 1.3 listener that requires a client certificate closes the connection this way.
+            self._connect_error = f"it closed the connection before answering ({reason})"
+            self._connack.set()
+        if self._ever_ready and not self._closed:
             self.log.warning(
                 "Lost the connection to the MQTT broker %s (%s); reconnecting", self.broker, reason
             )
