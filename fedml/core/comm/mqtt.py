@@ -66,6 +66,17 @@ class MqttTransport(ClosingContext):
     log
         Where warnings go; by default ``[FedML-Server(0)]`` / ``[FedML-Client(rank)]`` lines.
 
+    Attributes
+    ----------
+    address, rank, world_size
+        This end's peer id, its rank (the id when decimal, else 0) and 0 (the world is open).
+    port, broker
+        The broker's port and ``host:port``.
+    inbox
+        The topic this end subscribes to.
+    tls
+        The TLS files in use, ``None`` for plaintext.
+
     Raises
     ------
     TransportError
@@ -280,9 +291,11 @@ class MqttTransport(ClosingContext):
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any
     ) -> None:
-        failed = [str(reason) for reason in reasons if reason.is_failure]
+        failed = ", ".join(str(reason) for reason in reasons if reason.is_failure)
         if failed:
-            self.log.warning("The MQTT broker %s refused a subscription: %s", self.broker, ", ".join(failed))
+            if not self._ever_ready:
+                self._connect_error = f"it refused the subscriptions ({failed})"
+            self.log.warning("The MQTT broker %s refused a subscription: %s", self.broker, failed)
             return
         again, self._ever_ready = self._ever_ready, True
         self._ready.set()

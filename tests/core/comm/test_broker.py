@@ -84,12 +84,15 @@ def test_a_broker_that_exits_reports_its_log():
         taken.listen()
         broker = MosquittoBroker(port=taken.getsockname()[1])
 
-        with pytest.raises(TransportError, match="mosquitto exited") as caught:
-            broker.start(timeout=5)
+        try:
+            with pytest.raises(TransportError, match="mosquitto exited") as caught:
+                broker.start(timeout=5)
+            cleaned = (broker.process, broker.directory)
+        finally:
+            broker.stop()
 
     assert "Address already in use" in str(caught.value)
-    assert broker.process is None
-    assert broker.directory is None
+    assert cleaned == (None, None)
 
 
 def test_restart_keeps_port_and_credentials():
