@@ -34,6 +34,8 @@ _FIRST_DELAY = 0.1
 _MAX_DELAY = 2.0
 """Backoff between connection attempts: 0.1 s, doubling, at most 2 s."""
 _POLL = 0.25
+_CLOSE_WAIT = 1.0
+_VERDICT_SLACK = 1.0
 
 Outgoing = queue.Queue[list[fedml_pb2.Chunk] | None]
 
@@ -105,7 +107,9 @@ class GrpcClient:
                 f"not to {message.receiver!r:.40}"
             )
         chunks = message_chunks(message, self.settings)
-        deadline = time.monotonic() + self.settings.connect_timeout
+        # The connection thread gives up within connect_timeout and says why; wait a little longer
+        # so that its verdict, not this bare timeout, is what the caller sees.
+        deadline = time.monotonic() + self.settings.connect_timeout + _VERDICT_SLACK
         with self.ready:
             while self.outgoing is None and self.failure is None and not self.stopping.is_set():
                 remaining = deadline - time.monotonic()
@@ -130,6 +134,8 @@ class GrpcClient:
             if self.outgoing is not None:
                 self.outgoing.put(None)
             self.ready.notify_all()
+        # The ended request stream tells the server this peer left; cancel if it does not answer soon.
+        self.thread.join(timeout=_CLOSE_WAIT)
         call = self.call
         if call is not None:
             call.cancel()
