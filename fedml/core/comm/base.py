@@ -115,4 +115,5 @@ def require(package: str, extra: str) -> Any:
 
 register_transport("LOCAL", "fedml.core.comm.local:LocalTransport")
 register_transport("MPI", "fedml.core.comm.mpi:MPITransport", extra="mpi")
+register_transport("GRPC", "fedml.core.comm.grpc:GrpcTransport", extra="grpc")
 register_transport("MQTT", "fedml.core.comm.mqtt:MqttTransport", extra="mqtt")

@@ -160,7 +160,10 @@ class Reassembler:
                 f"a message of {chunk.total} bytes exceeds the limit of {self.max_bytes} bytes "
                 "(comm_args.max_message_mb)"
             )
-        if not 0 <= chunk.index < chunk.count or len(chunk.data) > chunk.total:
+        # Only a message of no bytes has an empty chunk; empty parts would let a count of billions
+        # fill memory without ever adding to the size checked against ``total``.
+        empty_part = chunk.count > 1 and not chunk.data
+        if not 0 <= chunk.index < chunk.count or len(chunk.data) > chunk.total or empty_part:
             raise ProtocolError(
                 f"chunk {chunk.index} of {chunk.count} ({len(chunk.data)} of {chunk.total} bytes) "
                 "is inconsistent"

@@ -172,6 +172,9 @@ def resolve_tls(settings: NetworkSettings, server: bool) -> TLSFiles | None:
             )
         return None
     files = settings.tls
+    # Checked before the development certificate fills a gap: it must never pair with the user's key.
+    if (files.cert is None) != (files.key is None):
+        raise ConfigError("comm_args.tls_cert_file and comm_args.tls_key_file must be given together")
     needed = files.cert is None if server else files.ca is None
     if needed or (server and settings.client_auth and files.ca is None):
         if not is_loopback(host):
@@ -188,8 +191,6 @@ def resolve_tls(settings: NetworkSettings, server: bool) -> TLSFiles | None:
             files.cert or (dev.server.cert if server else None),
             files.key or (dev.server.key if server else None),
         )
-    if (files.cert is None) != (files.key is None):
-        raise ConfigError("comm_args.tls_cert_file and comm_args.tls_key_file must be given together")
     if server and files.cert is None:
         raise ConfigError("comm_args: a TLS server needs tls_cert_file and tls_key_file")
     if not server and settings.client_auth and files.cert is None:
