@@ -21,4 +21,5 @@ lint: $(BIN)/python
 	$(BIN)/mypy
 
 test: lint
+	scripts/ensure_mosquitto.sh
 	$(BIN)/python -m pytest

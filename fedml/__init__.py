@@ -112,6 +112,63 @@ def run_simulation(
     return FedMLRunner(args, device.get_device(args), dataset, net).run()
 
 
+def run_cross_silo_server(
+    *, argv: Sequence[str] | None = None, config_file: str | Path | None = None, **overrides: Any
+) -> RunResult:
+    """Run the server of a cross-silo job in this process (rank 0) until its last round.
+
+    Reads ``--cf FILE`` and ``key=value`` overrides from the command line like ``init``; the run is
+    ``training_type: cross_silo`` whatever the file says about the role. Start the silos with
+    ``run_cross_silo_client`` (or ``fedml client``); docs/cross_silo.md has the whole recipe.
+
+    Returns
+    -------
+    RunResult
+        Final metrics, per-round history and the run directory.
+
+    """
+    return _run_cross_silo("server", 0, argv, config_file, overrides)
+
+
+def run_cross_silo_client(
+    rank: int | None = None,
+    *,
+    argv: Sequence[str] | None = None,
+    config_file: str | Path | None = None,
+    **overrides: Any,
+) -> RunResult:
+    """Run silo ``rank`` (``--rank N`` on the command line when omitted) of a cross-silo job.
+
+    The silo joins the server, trains its data when asked and returns when the server ends the run.
+
+    Returns
+    -------
+    RunResult
+        The run's result as the server reported it.
+
+    """
+    return _run_cross_silo("client", rank, argv, config_file, overrides)
+
+
+def _run_cross_silo(
+    role: str,
+    rank: int | None,
+    argv: Sequence[str] | None,
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any],
+) -> RunResult:
+    cli_file, identity, cli_overrides = parse_command_line(argv)
+    identity["role"] = role
+    if rank is not None:
+        identity["rank"] = rank
+    merged = {**cli_overrides, **overrides, "training_type": "cross_silo"}
+    args = load_arguments(config_file if config_file is not None else cli_file, merged, **identity)
+    configure_logging()
+    dataset, output_dim = data.load(args)
+    net = model.create(args, output_dim)
+    return FedMLRunner(args, device.get_device(args), dataset, net).run()
+
+
 __all__ = [
     "Arguments",
     "ClientTrainer",
@@ -126,5 +183,7 @@ __all__ = [
     "device",
     "init",
     "model",
+    "run_cross_silo_client",
+    "run_cross_silo_server",
     "run_simulation",
 ]

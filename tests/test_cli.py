@@ -1,4 +1,4 @@
-from .conftest import run_python
+from .conftest import ROOT, run_python
 
 
 def test_simulate_runs_with_overrides(tmp_path):
@@ -18,9 +18,7 @@ def test_config_error_is_one_message_and_exit_code_2(tmp_path):
 
 def test_unbuilt_training_type_exits_3(tmp_path):
     path = tmp_path / "silo.yaml"
-    path.write_text(
-        "common_args: {training_type: cross_silo}\ncomm_args: {backend: GRPC}\ndata_args: {download: false}\n"
-    )
+    path.write_text("common_args: {training_type: cross_device}\ndata_args: {download: false}\n")
     out = run_python("-m", "fedml", "run", "--cf", str(path), f"run_dir={tmp_path}")
     assert out.returncode == 3
     assert "not available yet" in out.stderr
@@ -36,7 +34,7 @@ def test_env_and_unknown_command():
 
 
 def test_every_subcommand_has_help():
-    for command in ("simulate", "run", "env"):
+    for command in ("simulate", "run", "server", "client", "launch", "certs", "env"):
         out = run_python("-m", "fedml", command, "--help")
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"usage: fedml {command}")
@@ -47,3 +45,37 @@ def test_simulate_refuses_a_contradicting_training_type(tmp_path):
     assert out.returncode == 2
     assert "training_type=cross_silo contradicts run_simulation (fedml simulate)" in out.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_certs_writes_a_ca_and_certificates_it_signed(tmp_path):
+    from cryptography import x509
+
+    out = run_python(
+        "-m", "fedml", "certs", "--out", str(tmp_path), "--host", "10.1.2.3", "--client", "silo-1"
+    )
+    assert out.returncode == 0, out.stderr
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    silo = x509.load_pem_x509_certificate((tmp_path / "silo-1.pem").read_bytes())
+    server.verify_directly_issued_by(ca)
+    silo.verify_directly_issued_by(ca)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
+    usage = silo.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in usage
+    assert (tmp_path / "silo-1.key").stat().st_mode & 0o077 == 0
+
+
+def test_launch_refuses_a_simulation_and_too_few_clients(tmp_path):
+    config = tmp_path / "sim.yaml"
+    config.write_text("common_args: {training_type: simulation}\n")
+    out = run_python("-m", "fedml", "launch", "--cf", str(config), "--clients", "2")
+    assert out.returncode == 2
+    assert "fedml launch starts networked jobs" in out.stderr
+    silo = ROOT / "configs" / "cross_silo_fedavg_mnist_lr.yaml"
+    out = run_python("-m", "fedml", "launch", "--cf", str(silo), "--clients", "1")
+    assert out.returncode == 2
+    assert "--clients 1: the job needs at least train_args.client_num_per_round 2" in out.stderr
+    out = run_python("-m", "fedml", "client", "--cf", str(silo))
+    assert out.returncode == 2
+    assert "fedml client needs --rank N" in out.stderr

@@ -64,7 +64,7 @@ class Simulator:
         self.args = args
         self.device = device
         self.dataset = dataset
-        _follow_the_dataset(args, dataset)
+        self.adopt_dataset_size()
         self.model = model.to(device)
         self.custom_trainer = client_trainer is not None
         self.trainer = client_trainer or ClientTrainer(model, args)
@@ -79,6 +79,10 @@ class Simulator:
             from fedml.simulation.vectorized import VectorizedTrainer
 
             self.batch_trainer = VectorizedTrainer(model, args, device, objective).train_round
+
+    def adopt_dataset_size(self) -> None:
+        """Make ``client_num_in_total`` the dataset's client count (see ``_follow_the_dataset``)."""
+        _follow_the_dataset(self.args, self.dataset)
 
     def rounds(self) -> FederatedRound:
         """Return the round driver of this run (on the process that acts as the server)."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
+from fedml.core.comm.base import Transport, create_transport
 from fedml.core.comm.chunks import CHUNK_BYTES
 from fedml.core.comm.codec import DEFAULT_MAX_BYTES
 from fedml.errors import ConfigError
@@ -124,6 +125,52 @@ class NetworkSettings:
             username=args.broker_username,
             password=args.broker_password,
         )
+
+
+class NetworkTransport(Transport, Protocol):
+    """A transport over the network: also says which port it uses (its own, or the broker's)."""
+
+    port: int
+
+    def __enter__(self) -> NetworkTransport: ...
+
+
+def open_transport(args: Any, address: str, server: bool, log: Any = None) -> NetworkTransport:
+    """Open the ``comm_args.backend`` transport of this process: the server end or a peer's.
+
+    Raises
+    ------
+    ConfigError
+        For settings that cannot be honoured (TLS, token file).
+    TransportError
+        If it cannot listen, or connect within ``comm_args.join_timeout``.
+
+    """
+    settings = NetworkSettings.from_args(args)
+    if server:
+        check_authentication(settings)
+    transport = create_transport(args.backend, settings=settings, address=address, server=server, log=log)
+    return cast(NetworkTransport, transport)
+
+
+def check_authentication(settings: NetworkSettings) -> None:
+    """Refuse a server that would admit any peer that can reach it.
+
+    On a loopback address only this machine's processes can connect; on any other, the server needs
+    ``comm_args.auth_token`` (or ``auth_token_file``) or mutual TLS (``tls_client_auth``).
+
+    Raises
+    ------
+    ConfigError
+        For a non-loopback server with neither.
+
+    """
+    if is_loopback(settings.host) or settings.auth_token or settings.client_auth:
+        return
+    raise ConfigError(
+        f"comm_args: a server reachable at {settings.host} with no comm_args.auth_token (or auth_token_file) "
+        "and no tls_client_auth would let anyone who reaches it join and send updates; set one of them"
+    )
 
 
 def is_loopback(host: str) -> bool:

@@ -11,7 +11,7 @@ pytest.importorskip("cryptography")
 
 from fedml.core.comm import certs as certs_module
 from fedml.core.comm.certs import make_deployment
-from fedml.core.comm.network import NetworkSettings, TLSFiles, is_loopback, resolve_tls
+from fedml.core.comm.network import NetworkSettings, TLSFiles, check_authentication, is_loopback, resolve_tls
 from fedml.errors import ConfigError
 
 
@@ -93,3 +93,11 @@ def test_a_key_without_its_certificate_is_refused_not_paired_with_the_developmen
 
     with pytest.raises(ConfigError, match="must be given together"):
         resolve_tls(NetworkSettings(tls=TLSFiles(key=files["server"].key)), server=True)
+
+
+def test_a_server_off_loopback_needs_a_token_or_client_certificates():
+    with pytest.raises(ConfigError, match=r"reachable at 0\.0\.0\.0 with no comm_args\.auth_token"):
+        check_authentication(NetworkSettings(host="0.0.0.0"))
+    check_authentication(NetworkSettings(host="0.0.0.0", auth_token="t"))
+    check_authentication(NetworkSettings(host="0.0.0.0", client_auth=True))
+    check_authentication(NetworkSettings(host="127.0.0.1"))
