@@ -1,9 +1,10 @@
 """Cross-silo speed, as ratios measured in one run.
 
-1. Model transfer: one message with a float32 state of ``--mb`` MB, silo -> server, over fedml's gRPC
-   and MQTT transports (codec, chunks, SHA-256 included), against raw loopback grpcio streaming the
-   same bytes in the same 1 MiB chunks; plaintext and TLS each against the raw stream of its kind.
-   Best of ``--repeats``, interleaved.
+1. Model transfer: one message with a float32 state of 100 MB from a silo process to the server,
+   over fedml's gRPC and MQTT transports (codec, chunks, SHA-256 included), against a bare grpcio
+   client process streaming the same bytes in the same 1 MiB chunks; plaintext and TLS each against
+   the raw stream of its kind. Timed on the server from its request to the whole reply; best of 3,
+   interleaved.
 2. Round overhead: the median round of a 10-silo cross-silo job (``fedml launch``, gRPC, TLS) against
    MPI simulation of the same configuration with 10 worker ranks (``mpirun -np 11``).
 3. Load: 100 silos (25 per process, in threads: for this case only) against one server for 20 rounds;
@@ -17,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -42,73 +42,128 @@ SEED = ROOT / "configs" / "cross_silo_fedavg_mnist_lr.yaml"
 CHUNK = 1 << 20
 
 
-def raw_grpc_seconds(payload: bytes, tls: tuple[bytes, bytes, bytes] | None) -> float:
-    """Stream ``payload`` client -> server in 1 MiB chunks with bare grpcio; return the seconds taken."""
+SENDS = 2
+"""Messages each sender process sends per case: the first warms the connection, the last is timed."""
+
+
+def raw_grpc_seconds(size: int, tls: TLSFiles | None) -> float:
+    """Time ``size`` bytes streamed by a bare grpcio client process in 1 MiB chunks (the last of SENDS)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
 
-    done = threading.Event()
-    received = [0]
+    times: list[float] = []
 
     def push(requests, context):
-        for chunk in requests:
-            received[0] += len(chunk)
-            if received[0] >= len(payload):
-                done.set()
-        yield b"ok"
+        chunks = iter(requests)
+        for _ in range(SENDS):
+            began = time.perf_counter()
+            yield b"go"
+            got = 0
+            while got < size:
+                got += len(next(chunks))
+            times.append(time.perf_counter() - began)
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Raw", {"Push": grpc.stream_stream_rpc_method_handler(push)}
     )
     limits = [("grpc.max_send_message_length", 2 * CHUNK), ("grpc.max_receive_message_length", 2 * CHUNK)]
     server = grpc.server(ThreadPoolExecutor(4), handlers=[handler], options=limits)
-    if tls:
-        ca, cert, key = tls
-        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
-        channel = grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(ca), options=limits)
+    if tls is not None:
+        credentials = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     else:
         port = server.add_insecure_port("127.0.0.1:0")
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=limits)
     server.start()
     try:
-        grpc.channel_ready_future(channel).result(timeout=10)
-        view = memoryview(payload)
-        call = channel.stream_stream("/bench.Raw/Push")
-        began = time.perf_counter()
-        list(call(bytes(view[i : i + CHUNK]) for i in range(0, len(payload), CHUNK)))
-        done.wait(60)
-        return time.perf_counter() - began
+        spec = {"raw": True, "port": port, "size": size, "ca": str(tls.ca) if tls else None}
+        subprocess.run([sys.executable, __file__, "--send", json.dumps(spec)], check=True, timeout=300)
+        return times[-1]
     finally:
-        channel.close()
         server.stop(0)
 
 
-def transport_seconds(backend: str, state: dict[str, torch.Tensor], settings: NetworkSettings) -> float:
-    """Send one message carrying ``state`` from a silo to the server over ``backend``; return seconds."""
+def raw_grpc_send(spec: dict) -> None:
+    """Run the raw grpcio client: on each ``go`` from the server, stream ``size`` bytes in 1 MiB chunks."""
+    import queue
+
+    import grpc
+
+    limits = [("grpc.max_send_message_length", 2 * CHUNK), ("grpc.max_receive_message_length", 2 * CHUNK)]
+    where = f"127.0.0.1:{spec['port']}"
+    if spec["ca"]:
+        credentials = grpc.ssl_channel_credentials(Path(spec["ca"]).read_bytes())
+        channel = grpc.secure_channel(where, credentials, options=limits)
+    else:
+        channel = grpc.insecure_channel(where, options=limits)
+    payload = os.urandom(spec["size"])
+    view = memoryview(payload)
+    outgoing: queue.Queue[bytes | None] = queue.Queue()
+    call = channel.stream_stream("/bench.Raw/Push")(iter(outgoing.get, None))
+    for _ in call:
+        for i in range(0, len(payload), CHUNK):
+            outgoing.put(bytes(view[i : i + CHUNK]))
+    outgoing.put(None)
+    channel.close()
+
+
+def transport_seconds(backend: str, mb: int, settings: NetworkSettings) -> float:
+    """Time one message carrying ``mb`` MB of float32 from a silo process to this server (last of SENDS)."""
     with create_transport(backend, settings=settings, address="0", server=True) as server:
-        silo_settings = dataclasses.replace(settings, port=server.port, tls=TLSFiles(settings.tls.ca))
-        with create_transport(backend, settings=silo_settings, address="1", server=False) as silo:
-            silo.send(Message(MessageKind.INIT, "1", "0"))
-            server.receive(30)
-            began = time.perf_counter()
-            silo.send(Message(MessageKind.CLIENT_UPDATE, "1", "0", 0, {}, state))
-            received = server.receive(120)
-            seconds = time.perf_counter() - began
-            if not torch.equal(received.tensors["w"], state["w"]):
-                raise RuntimeError(f"{backend}: the state arrived changed")
-            return seconds
+        spec = {
+            "backend": backend,
+            "mb": mb,
+            "port": server.port,
+            "insecure": settings.insecure,
+            "ca": str(settings.tls.ca) if settings.tls.ca else None,
+            "username": settings.username,
+            "password": settings.password,
+            "max_bytes": settings.max_bytes,
+        }
+        sender = subprocess.Popen([sys.executable, __file__, "--send", json.dumps(spec)])
+        try:
+            server.receive(60)
+            times = []
+            for round_idx in range(SENDS):
+                began = time.perf_counter()
+                server.send(Message(MessageKind.SYNC_MODEL, "0", "1", round_idx))
+                received = server.receive(120)
+                times.append(time.perf_counter() - began)
+                if received.tensors["w"].numel() != mb * (1 << 20) // 4:
+                    raise RuntimeError(f"{backend}: the state arrived incomplete")
+            server.send(Message(MessageKind.FINISH, "0", "1"))
+            sender.wait(60)
+            return times[-1]
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+
+
+def transport_send(spec: dict) -> None:
+    """Run the silo process of ``transport_seconds``: join, answer each ``SYNC_MODEL`` with the state."""
+    settings = NetworkSettings(
+        port=spec["port"],
+        insecure=spec["insecure"],
+        tls=TLSFiles(Path(spec["ca"]) if spec["ca"] else None),
+        username=spec["username"],
+        password=spec["password"],
+        max_bytes=spec["max_bytes"],
+    )
+    state = {"w": torch.randn(spec["mb"] * (1 << 20) // 4)}
+    with create_transport(spec["backend"], settings=settings, address="1", server=False) as silo:
+        silo.send(Message(MessageKind.INIT, "1", "0"))
+        while (request := silo.receive(120)).kind == MessageKind.SYNC_MODEL:
+            silo.send(Message(MessageKind.CLIENT_UPDATE, "1", "0", request.round_idx, {}, state))
 
 
 def transfer(mb: int, repeats: int, folder: Path) -> list[tuple[str, float, float]]:
     """Return (case, MB/s, ratio to raw grpcio of the same kind) for each transport case."""
     files = make_deployment(folder / "certs", ["127.0.0.1", "localhost"])
     ca, server = files["ca"], files["server"]
-    tls_bytes = (ca.cert.read_bytes(), server.cert.read_bytes(), server.key.read_bytes())
-    state = {"w": torch.randn(mb * (1 << 20) // 4)}
-    payload = os.urandom(mb << 20)
-    plain = NetworkSettings(port=0, insecure=True, max_bytes=2 * mb << 20)
-    secure = NetworkSettings(port=0, tls=TLSFiles(ca.cert, server.cert, server.key), max_bytes=2 * mb << 20)
+    tls = TLSFiles(ca.cert, server.cert, server.key)
+    limit = 2 * mb << 20
+    plain = NetworkSettings(port=0, insecure=True, max_bytes=limit)
+    secure = NetworkSettings(port=0, tls=tls, max_bytes=limit)
     best: dict[str, float] = {}
     with (
         MosquittoBroker() as plain_broker,
@@ -119,22 +174,23 @@ def transfer(mb: int, repeats: int, folder: Path) -> list[tuple[str, float, floa
             insecure=True,
             username=plain_broker.username,
             password=plain_broker.password,
-            max_bytes=2 * mb << 20,
+            max_bytes=limit,
         )
         mqtt_tls = NetworkSettings(
             port=tls_broker.port,
             tls=TLSFiles(ca.cert),
             username=tls_broker.username,
             password=tls_broker.password,
-            max_bytes=2 * mb << 20,
+            max_bytes=limit,
         )
+        size = mb * (1 << 20)
         cases = {
-            "raw grpcio, plaintext": lambda: raw_grpc_seconds(payload, None),
-            "raw grpcio, TLS": lambda: raw_grpc_seconds(payload, tls_bytes),
-            "fedml GRPC, plaintext": lambda: transport_seconds("GRPC", state, plain),
-            "fedml GRPC, TLS": lambda: transport_seconds("GRPC", state, secure),
-            "fedml MQTT, plaintext": lambda: transport_seconds("MQTT", state, mqtt_plain),
-            "fedml MQTT, TLS": lambda: transport_seconds("MQTT", state, mqtt_tls),
+            "raw grpcio, plaintext": lambda: raw_grpc_seconds(size, None),
+            "raw grpcio, TLS": lambda: raw_grpc_seconds(size, tls),
+            "fedml GRPC, plaintext": lambda: transport_seconds("GRPC", mb, plain),
+            "fedml GRPC, TLS": lambda: transport_seconds("GRPC", mb, secure),
+            "fedml MQTT, plaintext": lambda: transport_seconds("MQTT", mb, mqtt_plain),
+            "fedml MQTT, TLS": lambda: transport_seconds("MQTT", mb, mqtt_tls),
         }
         for _ in range(repeats):
             for name, run in cases.items():
@@ -285,7 +341,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--serve-silos", help=argparse.SUPPRESS)
+    parser.add_argument("--send", help=argparse.SUPPRESS)
     known, rest = parser.parse_known_args()
+    if known.send:
+        spec = json.loads(known.send)
+        (raw_grpc_send if spec.get("raw") else transport_send)(spec)
+        return
     if known.serve_silos:
         serve_silos([int(r) for r in known.serve_silos.split(",")], rest)
         return

@@ -1,9 +1,13 @@
-"""Large messages in chunks: split encoded bytes, check each chunk, reassemble with a checksum.
+"""Large messages in chunks: split encoded bytes, check each chunk, reassemble.
 
 Network transports carry a message as a sequence of chunks, so a model of any size passes a gRPC
 message limit or a broker's payload limit. Every chunk names its message, its position, the count and
-the whole message's size and SHA-256; the receiver refuses anything inconsistent, keeps a bounded
-number of partial messages per sender, and checks the digest before the bytes reach the codec.
+the whole message's size, and carries the SHA-256 of its own data. The receiver refuses anything
+inconsistent, keeps a bounded number of partial messages per sender, and checks each chunk as it
+arrives: a message whose chunks all passed, with every index present and the sizes adding up to the
+announced total, is the message that was sent. Checking per chunk lets both ends hash while the
+network carries the other chunks (``iter_chunks`` is lazy), instead of hashing the whole message
+before the first byte leaves and after the last arrives.
 
 Examples
 --------
@@ -23,6 +27,7 @@ import hashlib
 import os
 import struct
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fedml.errors import ProtocolError
@@ -32,12 +37,12 @@ CHUNK_BYTES = 1 << 20
 
 _MAGIC = b"FMLC"
 _HEADER = struct.Struct("!4s16sIIQ32s")
-"""magic, message id, index, count, total size, SHA-256 of the whole message."""
+"""magic, message id, index, count, total size, SHA-256 of this chunk's data."""
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One piece of an encoded message."""
+    """One piece of an encoded message; ``digest`` is the SHA-256 of ``data``."""
 
     message_id: bytes
     index: int
@@ -47,18 +52,49 @@ class Chunk:
     data: bytes
 
 
-def split(data: bytes, chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
-    """Return ``data`` as chunks of at most ``chunk_bytes`` bytes (one empty chunk for empty data)."""
+Buffers = bytes | bytearray | Sequence[memoryview]
+"""A message's bytes: in one buffer, or as pieces (``codec.encode_parts``) that are never joined."""
+
+
+def iter_chunks(data: Buffers, chunk_bytes: int = CHUNK_BYTES, checksum: bool = True) -> Iterator[Chunk]:
+    """Yield ``data`` as chunks of at most ``chunk_bytes`` bytes, each made only when it is taken.
+
+    ``data`` may be the pieces of a message, copied straight into the chunks. One empty chunk stands
+    for empty data. With ``checksum=False`` the digests are left empty, for a channel that protects
+    integrity itself (gRPC: TLS records, TCP).
+    """
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    parts = [memoryview(data)] if isinstance(data, (bytes, bytearray)) else list(data)
+    total = sum(part.nbytes for part in parts)
     message_id = os.urandom(16)
-    digest = hashlib.sha256(data).digest()
-    view = memoryview(data)
-    count = max(1, -(-len(data) // chunk_bytes))
-    return [
-        Chunk(message_id, i, count, len(data), digest, bytes(view[i * chunk_bytes : (i + 1) * chunk_bytes]))
-        for i in range(count)
-    ]
+    count = max(1, -(-total // chunk_bytes))
+    for index, piece in enumerate(_pieces(parts, chunk_bytes)):
+        digest = hashlib.sha256(piece).digest() if checksum else b""
+        yield Chunk(message_id, index, count, total, digest, piece)
+
+
+def _pieces(parts: list[memoryview], chunk_bytes: int) -> Iterator[bytes]:
+    """Yield the concatenation of ``parts`` in pieces of ``chunk_bytes`` (the last may be shorter)."""
+    gathered: list[memoryview] = []
+    size = 0
+    for part in parts:
+        view = part.cast("B") if part.format != "B" or part.ndim != 1 else part
+        while len(view):
+            take = min(chunk_bytes - size, len(view))
+            gathered.append(view[:take])
+            size += take
+            view = view[take:]
+            if size == chunk_bytes:
+                yield b"".join(gathered)
+                gathered, size = [], 0
+    if size or not any(part.nbytes for part in parts):
+        yield b"".join(gathered)
+
+
+def split(data: Buffers, chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
+    """Return ``data`` as a list of chunks (``iter_chunks``, all at once)."""
+    return list(iter_chunks(data, chunk_bytes))
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
@@ -87,10 +123,38 @@ def decode_chunk(payload: bytes | bytearray | memoryview) -> Chunk:
 
 @dataclass
 class _Partial:
+    """A message being joined: its chunks are copied into place in ``buffer`` as they arrive.
+
+    The buffer is allocated at the announced total but only takes memory as it is written, so a
+    message that announces more than it sends costs what it sent.
+    """
+
     first: Chunk
-    parts: dict[int, bytes] = field(default_factory=dict)
+    buffer: bytearray
+    received: set[int] = field(default_factory=set)
+    part: int | None = None
     size: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    def place(self, chunk: Chunk) -> bool:
+        """Copy ``chunk`` into place; return ``False`` when its size contradicts the other chunks'."""
+        last = chunk.index == chunk.count - 1
+        if last:
+            offset = chunk.total - len(chunk.data)
+            if self.part is not None and offset != self.part * chunk.index:
+                return False
+        else:
+            if self.part is None:
+                self.part = len(chunk.data)
+            if len(chunk.data) != self.part:
+                return False
+            offset = self.part * chunk.index
+            if offset + len(chunk.data) > chunk.total:
+                return False
+        self.buffer[offset : offset + len(chunk.data)] = chunk.data
+        self.received.add(chunk.index)
+        self.size += len(chunk.data)
+        return True
 
 
 class Reassembler:
@@ -104,51 +168,62 @@ class Reassembler:
         Partial messages kept per sender; the oldest is dropped when another starts.
     expiry
         Seconds after which a partial message that stopped receiving chunks is dropped.
+    checksum
+        Check each chunk's SHA-256 (``False`` for chunks made with ``checksum=False``).
 
     """
 
-    def __init__(self, max_bytes: int, max_partial: int = 4, expiry: float = 600.0) -> None:
+    def __init__(
+        self, max_bytes: int, max_partial: int = 4, expiry: float = 600.0, checksum: bool = True
+    ) -> None:
+        self.checksum = checksum
         self.max_bytes = max_bytes
         self.max_partial = max_partial
         self.expiry = expiry
         self.partial: dict[str, dict[bytes, _Partial]] = {}
 
-    def add(self, sender: str, chunk: Chunk) -> bytes | None:
+    def add(self, sender: str, chunk: Chunk) -> bytes | bytearray | None:
         """Take one chunk from ``sender``; return the whole message when this chunk completes it.
 
         Raises
         ------
         ProtocolError
-            For a chunk that contradicts the others of its message, a message over ``max_bytes``, or
-            a complete message whose SHA-256 does not match; that message is dropped.
+            For a chunk whose data fails its SHA-256, that contradicts the others of its message, or
+            that announces a message over ``max_bytes``; that message is dropped.
 
         """
         self._check_alone(chunk)
         if chunk.count == 1:
-            return self._verified(chunk, chunk.data)
+            return chunk.data
         messages = self.partial.setdefault(sender, {})
         self._expire(messages)
         partial = messages.get(chunk.message_id)
         if partial is None:
             if len(messages) >= self.max_partial:
                 del messages[min(messages, key=lambda key: messages[key].started)]
-            partial = messages[chunk.message_id] = _Partial(chunk)
+            partial = messages[chunk.message_id] = _Partial(chunk, bytearray(chunk.total))
         first = partial.first
-        if (chunk.count, chunk.total, chunk.digest) != (first.count, first.total, first.digest):
+        if (chunk.count, chunk.total) != (first.count, first.total):
             del messages[chunk.message_id]
             raise ProtocolError(f"chunk {chunk.index} of a message from {sender} contradicts its first chunk")
-        if chunk.index in partial.parts:
+        if chunk.index in partial.received:
             del messages[chunk.message_id]
             raise ProtocolError(f"chunk {chunk.index} of a message from {sender} arrived twice")
-        partial.size += len(chunk.data)
-        if partial.size > chunk.total:
+        if not partial.place(chunk):
             del messages[chunk.message_id]
-            raise ProtocolError(f"a message from {sender} has more bytes than the {chunk.total} it announced")
-        partial.parts[chunk.index] = chunk.data
-        if len(partial.parts) < chunk.count:
+            raise ProtocolError(
+                f"chunk {chunk.index} of a message from {sender} has {len(chunk.data)} bytes, which do not "
+                f"fit the other chunks and the {chunk.total} bytes announced"
+            )
+        if len(partial.received) < chunk.count:
             return None
         del messages[chunk.message_id]
-        return self._verified(chunk, b"".join(partial.parts[i] for i in range(chunk.count)))
+        if partial.size != chunk.total:
+            raise ProtocolError(
+                f"a message from {sender} has {partial.size} bytes, not the {chunk.total} it announced; "
+                "it was truncated in transit"
+            )
+        return partial.buffer
 
     def forget(self, sender: str) -> None:
         """Drop the partial messages of ``sender`` (it disconnected)."""
@@ -168,14 +243,15 @@ class Reassembler:
                 f"chunk {chunk.index} of {chunk.count} ({len(chunk.data)} of {chunk.total} bytes) "
                 "is inconsistent"
             )
-
-    def _verified(self, chunk: Chunk, data: bytes) -> bytes:
-        if len(data) != chunk.total or hashlib.sha256(data).digest() != chunk.digest:
+        if chunk.count == 1 and len(chunk.data) != chunk.total:
             raise ProtocolError(
-                f"a message of {len(data)} bytes (announced {chunk.total}) fails its SHA-256 check; "
-                "it was corrupted or truncated in transit"
+                f"a message of {len(chunk.data)} bytes (announced {chunk.total}) was truncated in transit"
             )
-        return data
+        if self.checksum and hashlib.sha256(chunk.data).digest() != chunk.digest:
+            raise ProtocolError(
+                f"chunk {chunk.index} of {chunk.count} ({len(chunk.data)} bytes) fails its SHA-256 check; "
+                "it was corrupted in transit"
+            )
 
     def _expire(self, messages: dict[bytes, _Partial]) -> None:
         now = time.monotonic()

@@ -21,6 +21,7 @@ import math
 import struct
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedml.core.comm.message import MAX_PEER_ID, PROTOCOL_VERSION, Message, MessageKind
@@ -30,6 +31,8 @@ MAGIC = b"FMLM"
 _PREFIX = struct.Struct("<4sHIQ")
 DEFAULT_MAX_BYTES = 1 << 30
 """Default largest message accepted by ``decode`` (1 GiB)."""
+ALIGNMENT = 64
+"""``encode`` starts the payload at a multiple of this many bytes (whitespace after the JSON header)."""
 _MAX_DIMS = 32
 _MAX_DIM = 1 << 48
 """Largest size of one tensor dimension, even in a tensor with no elements (torch cannot build more)."""
@@ -50,8 +53,8 @@ DTYPES: dict[str, torch.dtype] = {
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
-def encode(message: Message) -> bytes:
-    """Serialise ``message`` to bytes.
+def encode(message: Message) -> bytearray:
+    """Serialise ``message`` to bytes, copying each tensor's data once, straight into place.
 
     Raises
     ------
@@ -59,7 +62,32 @@ def encode(message: Message) -> bytes:
         If the metadata is not JSON-able or a tensor has a dtype that cannot travel.
 
     """
-    specs, chunks = [], []
+    parts, total = encode_parts(message)
+    out = bytearray(total)
+    view = np.frombuffer(out, dtype=np.uint8)
+    offset = 0
+    for part in parts:
+        size = len(part)
+        view[offset : offset + size] = np.frombuffer(part, dtype=np.uint8)
+        offset += size
+    return out
+
+
+def encode_parts(message: Message) -> tuple[list[memoryview], int]:
+    """Return the bytes of ``encode(message)`` as pieces (prefix and header, then each tensor's data).
+
+    The pieces view the tensors' own memory, so a transport can send them without building the whole
+    message first; ``total`` is their summed length. The header is padded with JSON whitespace so
+    the payload starts at a multiple of ``ALIGNMENT``, which lets ``decode(..., copy=False)`` build
+    tensors on the received buffer itself.
+
+    Raises
+    ------
+    ProtocolError
+        If the metadata is not JSON-able or a tensor has a dtype that cannot travel.
+
+    """
+    specs, flats = [], []
     _check_json(message.metadata, "metadata")
     for name, tensor in message.tensors.items():
         if not isinstance(name, str):
@@ -68,7 +96,7 @@ def encode(message: Message) -> bytes:
             raise ProtocolError(f"tensor {name!r} has dtype {tensor.dtype}, which cannot be sent")
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         specs.append({"name": name, "dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape)})
-        chunks.append(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        flats.append(flat.view(torch.uint8))
     for end in (message.sender, message.receiver):
         if not isinstance(end, str) or not 0 < len(end) <= MAX_PEER_ID:
             raise ProtocolError(f"peer id {end!r:.100} is not a string of 1 to {MAX_PEER_ID} characters")
@@ -84,11 +112,16 @@ def encode(message: Message) -> bytes:
         header = json.dumps(header_fields, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"message metadata is not JSON-able: {exc}") from exc
-    payload = b"".join(chunks)
-    return _PREFIX.pack(MAGIC, message.version, len(header), len(payload)) + header + payload
+    header += b" " * (-(_PREFIX.size + len(header)) % ALIGNMENT)
+    payload_len = sum(flat.numel() for flat in flats)
+    head = _PREFIX.pack(MAGIC, message.version, len(header), payload_len) + header
+    parts = [memoryview(head)] + [flat.numpy().data for flat in flats if flat.numel()]
+    return parts, len(head) + payload_len
 
 
-def decode(data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BYTES) -> Message:
+def decode(
+    data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BYTES, copy: bool = True
+) -> Message:
     """Rebuild a ``Message`` from bytes made by ``encode``, checking everything on the way.
 
     Parameters
@@ -97,6 +130,10 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BY
         The received bytes.
     max_bytes
         Largest message accepted.
+    copy
+        Copy each tensor out of ``data`` (the default). With ``False`` and a ``bytearray`` that the
+        caller hands over (a transport's reassembly buffer), tensors whose bytes are aligned for
+        their dtype are built on ``data`` itself, which they then keep alive.
 
     Raises
     ------
@@ -122,8 +159,9 @@ def decode(data: bytes | bytearray | memoryview, max_bytes: int = DEFAULT_MAX_BY
             f"{len(view) - _PREFIX.size} received"
         )
     header = _parse_header(view[_PREFIX.size : _PREFIX.size + header_len])
-    payload = view[_PREFIX.size + header_len :]
-    tensors = _read_tensors(header["tensors"], payload)
+    start = _PREFIX.size + header_len
+    shared = data if not copy and isinstance(data, bytearray) else None
+    tensors = _read_tensors(header["tensors"], view[start:], shared, start)
     return Message(
         kind=header["kind"],
         sender=header["sender"],
@@ -164,7 +202,10 @@ def _parse_header(raw: memoryview) -> dict[str, Any]:
     return header
 
 
-def _read_tensors(specs: list[Any], payload: memoryview) -> dict[str, torch.Tensor]:
+def _read_tensors(
+    specs: list[Any], payload: memoryview, shared: bytearray | None, start: int
+) -> dict[str, torch.Tensor]:
+    """Build the tensors of ``specs`` from ``payload``, on ``shared`` (from ``start``) where aligned."""
     tensors: dict[str, torch.Tensor] = {}
     offset = 0
     for spec in specs:
@@ -176,7 +217,11 @@ def _read_tensors(specs: list[Any], payload: memoryview) -> dict[str, torch.Tens
             raise ProtocolError(f"tensor {name!r} needs {nbytes} bytes; only {len(payload) - offset} remain")
         try:
             if nbytes:
-                flat = torch.frombuffer(bytearray(payload[offset : offset + nbytes]), dtype=torch.uint8)
+                at = start + offset
+                if shared is not None and at % dtype.itemsize == 0:
+                    flat = torch.frombuffer(shared, dtype=torch.uint8, count=nbytes, offset=at)
+                else:
+                    flat = torch.frombuffer(bytearray(payload[offset : offset + nbytes]), dtype=torch.uint8)
                 if dtype == torch.bool and int(flat.max()) > 1:
                     raise ProtocolError(f"tensor {name!r}: bool values must be bytes 0 or 1")
                 tensors[name] = flat.view(dtype).reshape(shape)

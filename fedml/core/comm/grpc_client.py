@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import grpc
 
@@ -37,7 +37,7 @@ _POLL = 0.25
 _CLOSE_WAIT = 1.0
 _VERDICT_SLACK = 1.0
 
-Outgoing = queue.Queue[list[fedml_pb2.Chunk] | None]
+Outgoing = queue.Queue[Iterable[fedml_pb2.Chunk] | None]
 
 
 class GrpcClient:
@@ -124,7 +124,8 @@ class GrpcClient:
             if self.outgoing is None:
                 raise TransportError(f"peer {self.address}: the transport is closed")
             if message.kind == MessageKind.INIT:
-                self.last_init = chunks
+                self.last_init = list(chunks)
+                chunks = iter(self.last_init)
             self.outgoing.put(chunks)
 
     def close(self) -> None:
@@ -206,7 +207,7 @@ class GrpcClient:
         with self.ready:
             if rejoin and self.last_init is not None:
                 # A restarted server knows no peers: the INIT it missed comes first on the new stream.
-                outgoing.put(self.last_init)
+                outgoing.put(iter(self.last_init))
             self.outgoing = outgoing
             self.server_id = server_id
             self.ready.notify_all()

@@ -9,7 +9,7 @@ import hmac
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -47,7 +47,7 @@ class _Stream:
     """One peer's open stream: what is queued for it."""
 
     peer: str
-    outgoing: queue.Queue[list[fedml_pb2.Chunk] | None] = field(default_factory=queue.Queue)
+    outgoing: queue.Queue[Iterable[fedml_pb2.Chunk] | None] = field(default_factory=queue.Queue)
 
 
 class GrpcServer:

@@ -5,14 +5,14 @@ Imported only by ``fedml.core.comm.grpc`` (after it has checked that grpc is ins
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import grpc
 
-from fedml.core.comm.chunks import Chunk, Reassembler, split
-from fedml.core.comm.codec import decode, encode
+from fedml.core.comm.chunks import Chunk, Reassembler, iter_chunks
+from fedml.core.comm.codec import decode, encode_parts
 from fedml.core.comm.message import PROTOCOL_VERSION, Message
 from fedml.core.comm.network import NetworkSettings, resolve_tls
 from fedml.core.comm.proto import fedml_pb2
@@ -47,8 +47,14 @@ Deliver = Callable[[Message | TransportError], None]
 """Puts a received message, or an error to raise from ``receive``, into a transport's inbox."""
 
 
-def message_chunks(message: Message, settings: NetworkSettings) -> list[fedml_pb2.Chunk]:
-    """Encode ``message`` and split it into protobuf chunks of ``settings.chunk_bytes``.
+def message_chunks(message: Message, settings: NetworkSettings) -> Iterator[fedml_pb2.Chunk]:
+    """Encode ``message`` into chunks of ``settings.chunk_bytes`` now; return them as protobuf, made as taken.
+
+    The tensors' bytes are copied into the chunks at once (so the caller may change its tensors as
+    soon as this returns), without building the whole message in one buffer first; the protobuf
+    copies are made while gRPC sends the chunks before them. Their ``sha256`` is left empty: a gRPC
+    stream's integrity is TLS's (an authenticated record per write) or, in plaintext on loopback,
+    TCP's; a digest would only double the work per byte.
 
     Raises
     ------
@@ -58,18 +64,19 @@ def message_chunks(message: Message, settings: NetworkSettings) -> list[fedml_pb
         If the message cannot be encoded.
 
     """
-    data = encode(message)
-    if len(data) > settings.max_bytes:
+    parts, total = encode_parts(message)
+    if total > settings.max_bytes:
         raise TransportError(
-            f"{message.describe()}: {len(data)} bytes exceed the limit of {settings.max_bytes} bytes "
+            f"{message.describe()}: {total} bytes exceed the limit of {settings.max_bytes} bytes "
             "(comm_args.max_message_mb)"
         )
-    return [
+    chunks = list(iter_chunks(parts, settings.chunk_bytes, checksum=False))
+    return (
         fedml_pb2.Chunk(
             message_id=c.message_id, index=c.index, count=c.count, total=c.total, sha256=c.digest, data=c.data
         )
-        for c in split(data, settings.chunk_bytes)
-    ]
+        for c in chunks
+    )
 
 
 class StreamJoiner:
@@ -93,7 +100,7 @@ class StreamJoiner:
         self.max_bytes = max_bytes
         self.sender = sender
         self.deliver = deliver
-        self.joiner = Reassembler(max_bytes)
+        self.joiner = Reassembler(max_bytes, checksum=False)
 
     def feed(self, raw: fedml_pb2.Chunk) -> None:
         """Take the stream's next chunk; deliver a message when it completes one, or an error."""
@@ -129,7 +136,7 @@ class StreamJoiner:
             self.joiner.forget(self.peer)
             self.deliver(ProtocolError(f"peer {self.peer}: a message stopped before its last chunk"))
         data = self.joiner.add(self.peer, chunk)
-        return None if data is None else decode(data, self.max_bytes)
+        return None if data is None else decode(data, self.max_bytes, copy=False)
 
 
 def handshake(settings: NetworkSettings, peer: str) -> tuple[tuple[str, str], ...]:

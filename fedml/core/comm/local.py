@@ -38,7 +38,7 @@ class LocalHub:
         self.world_size = world_size
         self.names = addresses
         self.ranks = {name: rank for rank, name in enumerate(addresses)}
-        self.queues: list[queue.Queue[bytes]] = [queue.Queue() for _ in range(world_size)]
+        self.queues: list[queue.Queue[bytes | bytearray]] = [queue.Queue() for _ in range(world_size)]
 
     def lookup(self, peer: str) -> int:
         """Return the rank of the endpoint whose peer id is ``peer``.

@@ -30,7 +30,7 @@ from typing import Any
 
 from fedml.core.comm.base import ClosingContext, require
 from fedml.core.comm.chunks import Reassembler, decode_chunk, encode_chunk, split
-from fedml.core.comm.codec import decode, encode
+from fedml.core.comm.codec import decode, encode_parts
 from fedml.core.comm.message import MAX_PEER_ID, Message, MessageKind
 from fedml.core.comm.mqtt_frames import Frame, FrameKind, pack_frame, parse_frame, refusal_reason
 from fedml.core.comm.mqtt_frames import topic_name_problem as name_problem
@@ -359,7 +359,7 @@ class MqttTransport(ClosingContext):
         data = self._joiner.add(frame.sender, decode_chunk(frame.body))
         if data is None:
             return
-        message = decode(data, self.settings.max_bytes)
+        message = decode(data, self.settings.max_bytes, copy=False)
         if message.sender != frame.sender:
             raise ProtocolError(
                 f"a message from peer {frame.sender} claims the sender {message.sender!r:.40}"
@@ -394,10 +394,10 @@ class MqttTransport(ClosingContext):
             self._publish(self._last_init)
 
     def _publish(self, message: Message) -> list[mqtt.MQTTMessageInfo]:
-        data = encode(message)
-        if len(data) > self.settings.max_bytes:
+        parts, total = encode_parts(message)
+        if total > self.settings.max_bytes:
             raise TransportError(
-                f"{message.describe()} is {len(data)} bytes, over the limit of "
+                f"{message.describe()} is {total} bytes, over the limit of "
                 f"{self.settings.max_bytes} bytes (comm_args.max_message_mb)"
             )
         target = topic(self.settings.run_id, "to", message.receiver)
@@ -408,5 +408,5 @@ class MqttTransport(ClosingContext):
                 pack_frame(FrameKind.DATA, self.address, run_id, token, encode_chunk(chunk), message.version),
                 qos=QOS,
             )
-            for chunk in split(data, self.settings.chunk_bytes)
+            for chunk in split(parts, self.settings.chunk_bytes)
         ]

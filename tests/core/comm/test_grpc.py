@@ -228,20 +228,25 @@ def raw_chunk(data: bytes, **fields: Any) -> fedml_pb2.Chunk:
 
 def test_malformed_chunks_raise_protocol_errors_naming_the_peer_and_the_server_carries_on(net) -> None:
     server = net(BASE)
-    good = encode(init("raw"))
-    first_half = raw_chunk(good[:10], count=2, total=len(good), sha256=hashlib.sha256(good).digest())
+    good = bytes(encode(init("raw")))
+    first_half = raw_chunk(good[:10], count=2, total=len(good))
+    message_id = os.urandom(16)
+    misfit = [
+        raw_chunk(good[:10], message_id=message_id, count=2, total=len(good)),
+        raw_chunk(good[10:20], message_id=message_id, index=1, count=2, total=len(good)),
+    ]
     streams = [
         [
-            raw_chunk(good, sha256=bytes(32)),
+            *misfit,
             raw_chunk(b"x", total=BASE.max_bytes + 1),
             raw_chunk(b"not a fedml message"),
-            raw_chunk(encode(init("mallory"))),
+            raw_chunk(bytes(encode(init("mallory")))),
             raw_chunk(good),
         ],
         [first_half],
     ]
     expected = [
-        "fails its SHA-256 check",
+        "do not fit the other chunks",
         "exceeds the limit",
         "not a fedml message",
         "sent a message from 'mallory'",
