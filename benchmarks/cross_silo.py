@@ -119,6 +119,7 @@ def transport_seconds(backend: str, mb: int, settings: NetworkSettings) -> float
             "username": settings.username,
             "password": settings.password,
             "max_bytes": settings.max_bytes,
+            "chunk_bytes": settings.chunk_bytes,
         }
         sender = subprocess.Popen([sys.executable, __file__, "--send", json.dumps(spec)])
         try:
@@ -148,6 +149,7 @@ def transport_send(spec: dict) -> None:
         username=spec["username"],
         password=spec["password"],
         max_bytes=spec["max_bytes"],
+        chunk_bytes=spec["chunk_bytes"],
     )
     state = {"w": torch.randn(spec["mb"] * (1 << 20) // 4)}
     with create_transport(spec["backend"], settings=settings, address="1", server=False) as silo:
@@ -330,7 +332,11 @@ def load(silos: int, rounds: int, folder: Path) -> tuple[float, int, int]:
                 process.kill()
     if server.returncode != 0:
         raise SystemExit(f"the load server failed:\n{out[-3000:]}")
-    lost = len(re.findall(r"goes on with|failed|[Dd]ropped|Ignored|retried|disconnected", out))
+    # Silos disconnect once told to finish; anything of this kind before the last round is a loss.
+    rounds_part = out.split("Final Accuracy after Round")[0]
+    lost = len(re.findall(r"goes on with|failed|[Dd]ropped|Ignored|retried|disconnected", rounds_part))
+    if lost:
+        print(rounds_part[-3000:])
     run_dir = only_run(runs)
     evaluated = len((run_dir / "metrics.jsonl").read_text().splitlines())
     return median_round(run_dir), evaluated, lost
