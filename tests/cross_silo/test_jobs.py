@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,40 @@ def test_the_cli_commands_and_one_liners_run_a_job(job, tmp_path):
     for silo in (first, second):
         assert silo.wait(30) == 0, silo.output()
         assert "Finished; the server saved the run in" in silo.output()
+
+
+def test_a_silo_trains_its_own_dataset_of_one_client(job, tmp_path):
+    args = common(tmp_path, *network("GRPC", None), "comm_round=3")
+    server = job.seed("server", 0, *args)
+    script = str(Path(__file__).with_name("own_data_silo.py"))
+    role = ["--cf", str(SEED_CONFIG), "--role", "client"]
+    silos = [job.start(f"client{rank}", script, *role, "--rank", str(rank), *args) for rank in (1, 2)]
+    assert server.wait(120) == 0, server.output()
+    found = re.search(FINAL, server.output())
+    assert found
+    assert float(found.group(2)) > 70
+    for silo in silos:
+        assert silo.wait(30) == 0, silo.output()
+
+
+def test_a_silo_that_hangs_is_left_out_once_its_heartbeats_stop(job, tmp_path):
+    # A stopped process keeps its TCP connection open: only the missing keepalive answers tell.
+    args = common(
+        tmp_path,
+        *network("GRPC", None),
+        "client_num_per_round=3",
+        "comm_round=4",
+        "heartbeat=1",
+        "round_timeout=240",
+        "min_clients_per_round=2",
+    )
+    server = job.seed("server", 0, *args)
+    silos = {rank: job.seed(f"client{rank}", rank, *args) for rank in (1, 2, 3)}
+    server.wait_for(r"Round 1: Training completed", 120)
+    silos[3].popen.send_signal(signal.SIGSTOP)
+    try:
+        server.wait_for(r"Peer 3 disconnected", 30)
+        assert server.wait(60) == 0, server.output()
+    finally:
+        silos[3].popen.send_signal(signal.SIGCONT)
+    assert re.search(FINAL, server.output())

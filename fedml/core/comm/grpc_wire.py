@@ -168,6 +168,11 @@ def options(settings: NetworkSettings, server: bool) -> list[tuple[str, int]]:
         ("grpc.keepalive_time_ms", beat),
         ("grpc.keepalive_timeout_ms", beat),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A round can wait minutes with no data on a stream; keep pinging through it, so a peer that
+        # hangs (not only one whose connection drops) is noticed within about two heartbeats.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_sent_ping_interval_without_data_ms", beat),
+        ("grpc.http2.ping_timeout_ms", beat),
     ]
     if server:
         return [
@@ -180,7 +185,6 @@ def options(settings: NetworkSettings, server: bool) -> list[tuple[str, int]]:
         ]
     return [
         *common,
-        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2000),
