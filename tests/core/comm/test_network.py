@@ -101,3 +101,34 @@ def test_a_server_off_loopback_needs_a_token_or_client_certificates():
     check_authentication(NetworkSettings(host="0.0.0.0", auth_token="t"))
     check_authentication(NetworkSettings(host="0.0.0.0", client_auth=True))
     check_authentication(NetworkSettings(host="127.0.0.1"))
+
+
+def test_the_token_file_is_read_and_an_empty_or_missing_one_is_refused(tmp_path: Path) -> None:
+    from fedml.config import load_arguments
+
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    settings = NetworkSettings.from_args(load_arguments(overrides={"auth_token_file": str(token)}))
+    assert settings.auth_token == "s3cret"
+    token.write_text("  \n")
+    with pytest.raises(ConfigError, match=r"auth_token_file: .*token is empty"):
+        NetworkSettings.from_args(load_arguments(overrides={"auth_token_file": str(token)}))
+    with pytest.raises(ConfigError, match=r"auth_token_file: cannot read .*missing"):
+        NetworkSettings.from_args(load_arguments(overrides={"auth_token_file": str(tmp_path / "missing")}))
+
+
+def test_secrets_never_reach_the_run_directory(tmp_path: Path) -> None:
+    import fedml
+
+    result = fedml.run_simulation(
+        argv=[],
+        comm_round=1,
+        download=False,
+        run_dir=str(tmp_path),
+        auth_token="s3cret",
+        broker_password="hunter2",
+    )
+    written = (result.run_dir / "config.yaml").read_text()
+    assert "s3cret" not in written
+    assert "hunter2" not in written
+    assert written.count("<redacted>") == 2
