@@ -163,6 +163,12 @@ class TrackingArgs(Section):
     save_model: bool = True
     checkpoint_frequency: int = Field(0, ge=0)
     resume_from: str | None = None
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "fedml"
+    plots: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    quiet: bool = False
 
 
 CORE_SECTIONS: dict[str, type[Section]] = {
