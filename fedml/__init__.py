@@ -67,7 +67,7 @@ def init(
     cli_file, identity, cli_overrides = parse_command_line(argv)
     merged = {**cli_overrides, **(overrides or {})}
     args = load_arguments(config_file if config_file is not None else cli_file, merged, **identity)
-    configure_logging()
+    configure_logging(args.log_level)
     return args
 
 
@@ -163,7 +163,7 @@ def _run_cross_silo(
         identity["rank"] = rank
     merged = {**cli_overrides, **overrides, "training_type": "cross_silo"}
     args = load_arguments(config_file if config_file is not None else cli_file, merged, **identity)
-    configure_logging()
+    configure_logging(args.log_level)
     dataset, output_dim = data.load(args)
     net = model.create(args, output_dim)
     return FedMLRunner(args, device.get_device(args), dataset, net).run()

@@ -12,10 +12,10 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import yaml
@@ -23,7 +23,8 @@ import yaml
 from fedml.core.files import atomic_torch_save, atomic_write_text
 from fedml.errors import ConfigError
 
-_T = TypeVar("_T")
+_levels_set_by_fedml: set[int] = set()
+"""Levels ``configure_logging`` gave the ``fedml`` logger: it may change those, never the application's."""
 
 
 class _RolePrefix(logging.LoggerAdapter):
@@ -40,17 +41,19 @@ def role_logger(role: str, rank: int, name: str = "fedml") -> logging.LoggerAdap
     return _RolePrefix(logging.getLogger(name), f"[FedML-{role}({rank})]: ")
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Print fedml's INFO lines to stdout, unless logging is already configured by the application.
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """Print fedml's lines of ``level`` and above to stdout, unless the application configured logging.
 
-    Under a launcher (mpirun, torchrun), ranks other than 0 print only the warnings of data loading,
-    so a job prints its data-loading lines once.
+    ``level`` is a ``logging`` level or its name (``tracking_args.log_level``). Under a launcher
+    (mpirun, torchrun), ranks other than 0 print only the warnings of data loading, so a job prints
+    its data-loading lines once.
     """
     from fedml.simulation.launch import detect_launch
 
     logger = logging.getLogger("fedml")
-    if logger.level == logging.NOTSET:
+    if logger.level == logging.NOTSET or logger.level in _levels_set_by_fedml:
         logger.setLevel(level)
+        _levels_set_by_fedml.add(logger.level)
     data_logger = logging.getLogger("fedml.data")
     if detect_launch().rank != 0 and data_logger.level == logging.NOTSET:
         data_logger.setLevel(logging.WARNING)
@@ -60,13 +63,51 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.addHandler(handler)
 
 
-def progress(items: Sequence[_T], desc: str) -> Iterator[_T]:
-    """Wrap ``items`` in a tqdm progress bar on an interactive terminal; pass them through otherwise."""
-    if not sys.stderr.isatty():
-        return iter(items)
-    from tqdm import tqdm
+class Progress:
+    """The rounds' progress bar on an interactive terminal: done / total, ETA, last accuracy, replies.
 
-    return iter(tqdm(items, total=len(items), desc=desc, leave=False))
+    Parameters
+    ----------
+    total
+        Rounds of the run.
+    initial
+        Rounds already done (a resumed run).
+    enabled
+        Draw the bar; ``None``: when standard error is a terminal.
+    file
+        Where to draw it (default standard error).
+
+    """
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool | None = None, file: Any = None) -> None:
+        stream = file if file is not None else sys.stderr
+        self.bar: Any = None
+        if enabled if enabled is not None else stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=initial, desc="rounds", leave=False, file=stream, mininterval=0
+            )
+
+    def advance(
+        self, accuracy: float | None = None, replied: int | None = None, expected: int | None = None
+    ) -> None:
+        """Count one round done, showing the last accuracy and, when given, clients replied / expected."""
+        if self.bar is None:
+            return
+        postfix = {}
+        if accuracy is not None and math.isfinite(accuracy):
+            postfix["acc"] = f"{100 * accuracy:.1f}%"
+        if replied is not None and expected is not None:
+            postfix["clients"] = f"{replied}/{expected}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @dataclass
@@ -149,6 +190,7 @@ class RunTracker:
         self.log = role_logger(role, rank)
         self.history: list[dict[str, float]] = []
         self.started = time.perf_counter()
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.dataset = dataset or args.dataset
         self.model = model or args.model
         self.engine = engine
@@ -201,8 +243,13 @@ class RunTracker:
         self._metrics.flush()
         return copied
 
-    def log_round(self, round_idx: int, test: Mapping[str, float], train_loss: float) -> dict[str, float]:
-        """Record an evaluated round (0-based ``round_idx``, shown 1-based) and log its accuracy line."""
+    def log_round(
+        self, round_idx: int, test: Mapping[str, float], train_loss: float, clients: int | None = None
+    ) -> dict[str, float]:
+        """Record an evaluated round (0-based ``round_idx``, shown 1-based) and log its accuracy line.
+
+        ``clients`` is how many client updates the round aggregated.
+        """
         record = {
             "round": round_idx + 1,
             "test_accuracy": float(test["accuracy"]),
@@ -210,16 +257,19 @@ class RunTracker:
             "train_loss": float(train_loss),
             "seconds": round(time.perf_counter() - self.started, 4),
         }
+        if clients is not None:
+            record["clients"] = clients
         self.history.append(record)
         # Strict JSON: a non-finite value (train_loss of a round whose clients had no samples) is null.
         line = {k: v if math.isfinite(v) else None for k, v in record.items()}
         self._metrics.write(json.dumps(line, allow_nan=False) + "\n")
         self._metrics.flush()
-        self.log.info(
-            "Round %d: Training completed with accuracy %.1f%%.",
-            record["round"],
-            100 * record["test_accuracy"],
-        )
+        if not self.args.quiet:
+            self.log.info(
+                "Round %d: Training completed with accuracy %.1f%%.",
+                record["round"],
+                100 * record["test_accuracy"],
+            )
         return record
 
     def round_started(self) -> float:
@@ -253,6 +303,7 @@ class RunTracker:
         self.log.info("Run directory: %s", self.run_dir)
         timings = self.timings()
         atomic_write_text(self.run_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
+        self.write_summary(timings, None)
         return RunResult(
             dict(final),
             list(self.history),
@@ -264,13 +315,86 @@ class RunTracker:
         )
 
     def fail(self, error: BaseException) -> None:
-        """Record why the run stopped in ``error.txt``; the metrics so far stay in ``metrics.jsonl``."""
+        """Record why the run stopped in ``error.txt`` and ``summary.json``; the metrics so far stay."""
         self._metrics.close()
+        reason = f"{type(error).__name__}: {error}"
         try:
-            atomic_write_text(self.run_dir / "error.txt", f"{type(error).__name__}: {error}\n")
+            atomic_write_text(self.run_dir / "error.txt", reason + "\n")
+            self.write_summary(self.timings(), reason)
         except OSError as exc:
             # The run's own error is the one to report; a full disk must not replace it.
-            self.log.warning("Could not write %s: %s", self.run_dir / "error.txt", exc)
+            self.log.warning("Could not write the run's error into %s: %s", self.run_dir, exc)
+
+    def summary(self, timings: Mapping[str, Any], error: str | None) -> dict[str, Any]:
+        """Return what ``summary.json`` holds: what ran, how it ended, how long and how much memory."""
+        import fedml
+
+        args = self.args
+        final = self.history[-1] if self.history else {}
+        return {
+            "name": self.run_dir.name,
+            "status": "failed" if error else "finished",
+            "error": error,
+            "started": self.started_at,
+            "wall_seconds": round(time.perf_counter() - self.started, 4),
+            "phases": dict(timings["phases"]),
+            "peak_memory_mb": peak_memory_mb(),
+            "final_metrics": {k: v if math.isfinite(v) else None for k, v in final.items()},
+            "rounds": int(final.get("round", 0)),
+            "comm_round": args.comm_round,
+            "seed": args.random_seed,
+            "dataset": self.dataset,
+            "model": self.model,
+            "algorithm": args.federated_optimizer,
+            "backend": args.backend,
+            "training_type": args.training_type,
+            "engine": self.engine,
+            "fedml_version": fedml.__version__,
+            "torch_version": torch.__version__,
+            "git_commit": git_commit(Path.cwd()),
+        }
+
+    def write_summary(self, timings: Mapping[str, Any], error: str | None) -> None:
+        """Write ``summary.json`` into the run directory, atomically."""
+        text = json.dumps(self.summary(timings, error), indent=1, allow_nan=False)
+        atomic_write_text(self.run_dir / "summary.json", text + "\n")
+
+
+def peak_memory_mb() -> float:
+    """Return this process's peak resident memory so far, in MiB (0 where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
+
+def git_commit(folder: Path) -> str | None:
+    """Return the commit checked out in ``folder``'s git work tree (with ``+dirty`` for changes), or None."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def _new_run_dir(parent: Path, name: str) -> Path:

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from fedml import tracking
-from fedml.tracking import RunResult, RunTracker, configure_logging, progress, role_logger
+from fedml.tracking import Progress, RunResult, RunTracker, configure_logging, role_logger
 
 STAMP = "20240102-030405"
 
@@ -251,28 +251,106 @@ def test_configure_logging_keeps_a_level_the_app_chose():
     assert level == logging.WARNING
 
 
-def test_progress_passes_items_through_when_stderr_is_not_a_tty(monkeypatch):
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_draws_nothing_when_stderr_is_not_a_tty(monkeypatch):
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
-    items = ["a", "b", "c"]
-
-    passed = progress(items, desc="clients")
-
-    assert not isinstance(passed, list)
-    assert list(passed) == items
+    bar = Progress(3)
+    bar.advance(0.5, 2, 2)
+    bar.close()
     assert stderr.getvalue() == ""
 
 
-def test_progress_shows_a_bar_on_a_terminal_and_still_yields_every_item(monkeypatch):
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
+def test_progress_shows_rounds_the_last_accuracy_and_replies_on_a_terminal():
+    screen = Terminal()
+    bar = Progress(5, initial=1, file=screen)
+    bar.advance(0.8123, replied=3, expected=4)
+    shown = screen.getvalue()
+    bar.close()
+    assert "2/5" in shown
+    assert "acc=81.2%" in shown
+    assert "clients=3/4" in shown
+    assert "<" in shown  # tqdm's elapsed<remaining: the ETA
 
-    stderr = Terminal()
-    monkeypatch.setattr(sys, "stderr", stderr)
 
-    assert list(progress([1, 2, 3], desc="clients")) == [1, 2, 3]
-    assert "clients" in stderr.getvalue()
+def test_quiet_draws_no_bar_even_on_a_terminal(make_args, monkeypatch, caplog):
+    import fedml
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    caplog.set_level("INFO", logger="fedml")
+    result = fedml.run_simulation(argv=[], **make_args_overrides(make_args), comm_round=2, quiet=True)
+    assert screen.getvalue() == ""
+    assert "Training completed" not in caplog.text
+    assert "Final Accuracy after Round 2" in caplog.text
+    assert len(result.history) == 2
+
+
+def make_args_overrides(make_args):
+    args = make_args()
+    return {"download": False, "run_dir": args.run_dir, "data_cache_dir": args.data_cache_dir}
+
+
+def test_log_level_warning_hides_the_info_lines(make_args, capsys):
+    import fedml
+
+    with bare_logging():
+        fedml.run_simulation(argv=[], **make_args_overrides(make_args), comm_round=1, log_level="WARNING")
+        printed = capsys.readouterr().out
+    assert "Final Accuracy" not in printed
+    assert "Dataset: mnist" not in printed
+
+
+def test_summary_json_says_what_ran_how_it_ended_and_its_cost(make_args):
+    import fedml
+
+    result = fedml.run_simulation(argv=[], **make_args_overrides(make_args), comm_round=2, random_seed=5)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert summary["error"] is None
+    assert summary["rounds"] == 2
+    assert summary["seed"] == 5
+    assert (summary["dataset"], summary["model"], summary["algorithm"]) == ("mnist", "lr", "FedAvg")
+    assert summary["final_metrics"]["test_accuracy"] == result.final_metrics["test_accuracy"]
+    assert summary["final_metrics"]["clients"] == 10
+    assert summary["peak_memory_mb"] > 50
+    assert summary["wall_seconds"] > 0
+    assert set(summary["phases"]) == {"data", "setup", "rounds"}
+    assert summary["torch_version"] == torch.__version__
+    assert summary["name"] == result.run_dir.name
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["clients"] for r in records] == [10, 10]
+
+
+def test_a_failed_run_has_a_summary_saying_why(make_args):
+    args = make_args(comm_round=2)
+    tracker = RunTracker(args)
+    tracker.log_round(0, {"accuracy": 0.5, "loss": 1.0}, 0.7, clients=3)
+    tracker.fail(RuntimeError("boom"))
+    summary = json.loads((tracker.run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["error"], summary["rounds"]) == ("failed", "RuntimeError: boom", 1)
+
+
+def test_git_commit_names_the_checkout_and_whether_it_changed(tmp_path):
+    import subprocess
+
+    def git(*argv):
+        subprocess.run(["git", "-C", str(tmp_path), *argv], check=True, capture_output=True)
+
+    assert tracking.git_commit(tmp_path) is None
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("one")
+    git("add", "a.txt")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    clean = tracking.git_commit(tmp_path)
+    assert clean is not None
+    assert re.fullmatch(r"[0-9a-f]{40}", clean)
+    (tmp_path / "a.txt").write_text("two")
+    assert tracking.git_commit(tmp_path) == clean + "+dirty"
 
 
 def test_a_non_finite_value_is_written_as_null_so_every_line_is_strict_json(make_args):

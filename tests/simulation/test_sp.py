@@ -30,7 +30,8 @@ def test_default_run_directory_holds_config_metrics_and_model(default_run):
     assert config["train_args"]["comm_round"] == 50
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records == default_run.history
-    assert set(records[0]) == {"round", "test_accuracy", "test_loss", "train_loss", "seconds"}
+    assert set(records[0]) == {"round", "test_accuracy", "test_loss", "train_loss", "seconds", "clients"}
+    assert (run_dir / "summary.json").exists()
     saved = torch.load(run_dir / "model.pt", weights_only=True)
     assert all(torch.equal(saved[k], default_run.model_state[k]) for k in saved)
 

@@ -29,7 +29,7 @@ from fedml.core.round.backend import Backend, RoundTask
 from fedml.core.sampling import sample_clients
 from fedml.core.steps import Steps, build_steps, check_compatibility
 from fedml.errors import AggregationError, ConfigError, FedMLError, RoundIncompleteError
-from fedml.tracking import RunResult, RunTracker, progress, role_logger
+from fedml.tracking import Progress, RunResult, RunTracker, role_logger
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
@@ -102,13 +102,19 @@ class FederatedRound:
             state = self.start()
             backend.open()
             tracker = self._started()
-            for round_idx in progress(range(self.first_round, self.args.comm_round), "rounds"):
+            bar = Progress(self.args.comm_round, self.first_round, enabled=False if self.args.quiet else None)
+            networked = backend.name not in ("sp", "NCCL")
+            for round_idx in range(self.first_round, self.args.comm_round):
                 began = tracker.round_started()
                 # Named, so a round's results are freed only when the next arrive: the allocator then
                 # reuses their memory instead of faulting in fresh pages (a third fewer on many clients).
                 results = self.train(round_idx, state, backend)
                 state = self.finish(round_idx, state, results)
                 tracker.round_done(began)
+                last = tracker.history[-1]["test_accuracy"] if tracker.history else None
+                wanted = self.args.client_num_per_round
+                bar.advance(last, client_count(results) if networked else None, wanted if networked else None)
+            bar.close()
             result = self.result()
         except BaseException as exc:
             if self.tracker is not None:
@@ -250,7 +256,7 @@ class FederatedRound:
         self.aggregator.set_model_params(new_state)
         if self.test_data is not None and self._evaluates(round_idx):
             test = self.aggregator.test(self.test_data, self.device, self.args)
-            self._started().log_round(round_idx, test, train_loss(combined))
+            self._started().log_round(round_idx, test, train_loss(combined), client_count(combined))
         frequency = self.args.checkpoint_frequency
         if frequency and (round_idx + 1) % frequency == 0:
             self.checkpoint(round_idx + 1)
@@ -324,6 +330,11 @@ def _misfit(
             problem,
         )
     return problem
+
+
+def client_count(results: RoundResults) -> int:
+    """Return how many client updates ``results`` holds (or went into a summed one)."""
+    return results.clients if isinstance(results, SummedUpdate) else len(results)
 
 
 def train_loss(results: RoundResults) -> float:
