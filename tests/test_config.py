@@ -234,3 +234,10 @@ def test_a_bad_type_and_unknown_names_are_reported_together(tmp_path):
     assert "train_args.comm_round: Input should be a valid integer" in message
     assert "train_args.federated_optimizer: unknown optimizer 'FedAdam'" in message
     assert "model_args.model: unknown model 'resnet'" in message
+
+
+def test_quiet_on_the_command_line_is_tracking_args_quiet():
+    _, _, overrides = parse_command_line(["--quiet", "comm_round=2"])
+    assert overrides == {"quiet": True, "comm_round": 2}
+    assert load_arguments(overrides=overrides).tracking_args.quiet is True
+    assert parse_command_line(["comm_round=2"])[2] == {"comm_round": 2}

@@ -233,9 +233,10 @@ def parse_command_line(
 ) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
     """Split a command line into ``(config_file, identity, overrides)``.
 
-    Understands ``--cf FILE`` (alias ``--config_file``), ``--rank N``, ``--role NAME``, ``--run_id ID``
-    and any number of ``key=value`` overrides whose values are read as YAML scalars
-    (``comm_round=5``, ``train_args.learning_rate=0.1``). ``argv`` defaults to ``sys.argv[1:]``.
+    Understands ``--cf FILE`` (alias ``--config_file``), ``--rank N``, ``--role NAME``, ``--run_id ID``,
+    ``--quiet`` (``tracking_args.quiet``) and any number of ``key=value`` overrides whose values are
+    read as YAML scalars (``comm_round=5``, ``train_args.learning_rate=0.1``). ``argv`` defaults to
+    ``sys.argv[1:]``.
 
     Other flags (``--workload heavy``, ``--out=x``) belong to the application's own parser and are left
     alone, with the bare value that follows one; but a flag spelt like one of fedml's (``--rnak``) or
@@ -246,8 +247,9 @@ def parse_command_line(
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--role", default="server")
     parser.add_argument("--run_id", default="0")
+    parser.add_argument("--quiet", action="store_true")
     known, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"quiet": True} if known.quiet else {}
     after_foreign_flag = False
     for token in rest:
         if token.startswith("-"):
@@ -273,7 +275,7 @@ def parse_command_line(
     return known.config_file, identity, overrides
 
 
-_FLAGS = ("cf", "config_file", "rank", "role", "run_id")
+_FLAGS = ("cf", "config_file", "rank", "role", "run_id", "quiet")
 
 
 def _check_foreign_flag(token: str) -> None:
