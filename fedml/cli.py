@@ -234,8 +234,10 @@ def _runs(argv: list[str]) -> None:
     if action in {"compare", "plot"}:
         parser.add_argument("--out")
     known, rest = _parse(parser, argv[1:], intermixed=True)
+    if rest:
+        raise ConfigError(f"fedml runs {action}: unexpected arguments {rest}; see fedml runs --help")
     fewest, most = RUNS_ACTIONS[action]
-    if rest or len(known.specs) < fewest or (most is not None and len(known.specs) > most):
+    if len(known.specs) < fewest or (most is not None and len(known.specs) > most):
         wanted = "no RUN" if most == 0 else "one RUN" if most == 1 else f"{fewest} or more RUNs"
         raise ConfigError(f"fedml runs {action} takes {wanted}, got {' '.join(argv[1:]) or 'none'}")
     run_dir = _runs_dir(known.run_dir, known.config_file)
@@ -289,4 +291,4 @@ def _plot(draw: Callable[[], Path], out: Path) -> Path:
     except ImportError as exc:
         raise FedMLError(str(exc)) from exc
     except OSError as exc:
-        raise ConfigError(f"--out {out}: cannot write the plot ({exc.strerror or exc})") from exc
+        raise ConfigError(f"{out}: cannot write the plot ({exc.strerror or exc})") from exc
