@@ -1,4 +1,4 @@
-"""The ``fedml`` command line: simulate, run, server, client, launch, certs and env.
+"""The ``fedml`` command line: simulate, run, server, client, launch, certs, env and runs.
 
 User errors print one clear message and exit with a code by kind: 2 for configuration errors, 3 for
 combinations not built yet, 1 for any other fedml error.
@@ -10,7 +10,8 @@ import argparse
 import importlib.util
 import platform
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedml.errors import ConfigError, FedMLError, NotSupportedError
@@ -25,6 +26,7 @@ commands:
   launch     start a server and --clients N silos on this machine, with prefixed logs
   certs      make a CA and TLS certificates for a test deployment
   env        print versions of fedml, Python, torch and the optional backends
+  runs       list, show, compare and plot the run directories under tracking_args.run_dir
 """
 
 COMMAND_USAGE = {
@@ -67,6 +69,22 @@ mutual TLS. Point comm_args.tls_ca_file, tls_cert_file and tls_key_file at them.
 
 Print the versions of fedml, Python and torch, and which optional backends are installed.
 """,
+    "runs": """usage: fedml runs list [--run_dir DIR | --cf FILE]
+       fedml runs show RUN
+       fedml runs compare RUN RUN ... [--out FILE]
+       fedml runs plot RUN [--out FILE]
+
+Look back at the run directories under tracking_args.run_dir: ./runs unless --run_dir DIR or the
+--cf FILE says otherwise (every subcommand takes either). RUN is a run directory's path, its name, or
+a prefix or part of exactly one name there.
+  list     one line per run, newest first: date, dataset, model, algorithm, backend, rounds,
+           final accuracy, wall time and status
+  show     one run: config highlights, final metrics, timings and every evaluated round
+  compare  runs side by side (what differs in their config too), and their test accuracy and loss
+           overlaid in one PNG: --out FILE, default compare-<timestamp>.png next to the first run
+  plot     a run's curves as a PNG: --out FILE, default curves.png in the run directory
+Plots need matplotlib: pip install "fedml[plots]".
+""",
 }
 """``fedml <command> --help``."""
 
@@ -93,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "launch": _launch,
         "certs": _certs,
         "env": _env,
+        "runs": _runs,
     }
     if command not in commands:
         sys.stderr.write(f"fedml: error: unknown command {command!r}\n{USAGE}")
@@ -164,10 +183,17 @@ def _certs(argv: list[str]) -> None:
         sys.stdout.write(f"{name}: {pair.cert} {pair.key}\n")
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Parse ``argv`` with ``parser``; a missing or bad option is a ConfigError, not argparse's exit."""
+def _parse(
+    parser: argparse.ArgumentParser, argv: list[str], intermixed: bool = False
+) -> tuple[argparse.Namespace, list[str]]:
+    """Parse ``argv`` with ``parser``; a missing or bad option is a ConfigError, not argparse's exit.
+
+    ``intermixed`` lets options come between positional arguments (``compare A --out F B``).
+    """
     parser.exit_on_error = False
     try:
+        if intermixed:
+            return parser.parse_known_intermixed_args(argv)
         return parser.parse_known_args(argv)
     except (argparse.ArgumentError, SystemExit) as exc:
         raise ConfigError(f"{parser.prog}: {exc}; see {parser.prog} --help") from None
@@ -187,3 +213,82 @@ def _env(argv: list[str]) -> None:
         found = importlib.util.find_spec(module.split(".")[0]) is not None
         lines.append(f"{module}: {'installed' if found else f'missing (pip install fedml[{extra}])'}")
     sys.stdout.write("\n".join(lines) + "\n")
+
+
+RUNS_ACTIONS = {"list": (0, 0), "show": (1, 1), "compare": (2, None), "plot": (1, 1)}
+"""``fedml runs`` subcommand -> the fewest and most RUN arguments it takes (None: no limit)."""
+
+
+def _runs(argv: list[str]) -> None:
+    from fedml.plots import plot_compare, plot_run
+    from fedml.run_report import compare_report, runs_table, show_report
+    from fedml.runs import find_runs, read_run, resolve_run
+
+    action = argv[0] if argv else ""
+    if action not in RUNS_ACTIONS:
+        raise ConfigError(f"fedml runs: expected one of {', '.join(RUNS_ACTIONS)}, got {action!r}")
+    parser = argparse.ArgumentParser(prog=f"fedml runs {action}", add_help=False)
+    parser.add_argument("specs", nargs="*")
+    parser.add_argument("--run_dir")
+    parser.add_argument("--cf", "--config_file", dest="config_file")
+    if action in {"compare", "plot"}:
+        parser.add_argument("--out")
+    known, rest = _parse(parser, argv[1:], intermixed=True)
+    if rest:
+        raise ConfigError(f"fedml runs {action}: unexpected arguments {rest}; see fedml runs --help")
+    fewest, most = RUNS_ACTIONS[action]
+    if len(known.specs) < fewest or (most is not None and len(known.specs) > most):
+        wanted = "no RUN" if most == 0 else "one RUN" if most == 1 else f"{fewest} or more RUNs"
+        raise ConfigError(f"fedml runs {action} takes {wanted}, got {' '.join(argv[1:]) or 'none'}")
+    run_dir = _runs_dir(known.run_dir, known.config_file)
+    if action == "list":
+        runs = find_runs(run_dir)
+        sys.stdout.write(runs_table(runs) + "\n" if runs else f"no runs in {run_dir}\n")
+        for run in runs:
+            if run.status == "unreadable":
+                sys.stderr.write(f"fedml: warning: {run.error}\n")
+        return
+    runs = [read_run(resolve_run(run_dir, spec)) for spec in known.specs]
+    if action == "show":
+        sys.stdout.write(show_report(runs[0]) + "\n")
+    elif action == "compare":
+        sys.stdout.write(compare_report(runs) + "\n")
+        out = (
+            Path(known.out)
+            if known.out
+            else runs[0].path.parent / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.png"
+        )
+        names: dict[str, list[dict[str, object]]] = {}
+        for run in runs:
+            label = run.name if run.name not in names else f"{run.name} ({run.path.parent})"
+            names[label] = run.history
+        sys.stdout.write(f"plot: {_plot(lambda: plot_compare(names, out), out)}\n")
+    else:
+        run = runs[0]
+        if not run.history:
+            raise ConfigError(f"{run.path / 'metrics.jsonl'}: no evaluated rounds to plot")
+        out = Path(known.out) if known.out else run.path / "curves.png"
+        sys.stdout.write(f"{_plot(lambda: plot_run(run.history, out, run.name), out)}\n")
+
+
+def _runs_dir(run_dir: str | None, config_file: str | None) -> Path:
+    """Return ``--run_dir``, else the ``--cf`` file's tracking_args.run_dir, else that key's default."""
+    if run_dir is None and config_file is not None:
+        from fedml.config import load_arguments
+
+        run_dir = load_arguments(config_file).run_dir
+    if run_dir is None:
+        from fedml.config.sections import TrackingArgs
+
+        run_dir = TrackingArgs.model_fields["run_dir"].default
+    return Path(run_dir).expanduser()
+
+
+def _plot(draw: Callable[[], Path], out: Path) -> Path:
+    """Return ``draw()``; a missing matplotlib or an unwritable ``out`` is one line, not a traceback."""
+    try:
+        return draw()
+    except ImportError as exc:
+        raise FedMLError(str(exc)) from exc
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot write the plot ({exc.strerror or exc})") from exc
