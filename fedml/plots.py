@@ -145,7 +145,7 @@ def _figure(panels: int) -> Figure:
             'install it with: pip install "fedml[plots]"'
         ) from exc
     width, height = PANEL_INCHES
-    figure = Figure(figsize=(width, height * panels), layout="constrained")
+    figure = Figure(figsize=(width, height * panels), layout="tight")
     FigureCanvasAgg(figure)
     return figure
 

@@ -304,6 +304,7 @@ class RunTracker:
         timings = self.timings()
         atomic_write_text(self.run_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
         self.write_summary(timings, None)
+        self.plot()
         return RunResult(
             dict(final),
             list(self.history),
@@ -324,6 +325,23 @@ class RunTracker:
         except OSError as exc:
             # The run's own error is the one to report; a full disk must not replace it.
             self.log.warning("Could not write the run's error into %s: %s", self.run_dir, exc)
+
+    def plot(self) -> Path | None:
+        """Write ``curves.png`` from the evaluated rounds (``tracking_args.plots``); return its path.
+
+        Without matplotlib the run still succeeds: one line says how to get plots.
+        """
+        if not self.args.plots or not self.history:
+            return None
+        from fedml.plots import plot_run
+
+        try:
+            return plot_run(self.history, self.run_dir / "curves.png", self.run_dir.name)
+        except ImportError as exc:
+            self.log.info("No curves.png: %s", exc)
+        except OSError as exc:
+            self.log.warning("Could not write %s: %s", self.run_dir / "curves.png", exc)
+        return None
 
     def summary(self, timings: Mapping[str, Any], error: str | None) -> dict[str, Any]:
         """Return what ``summary.json`` holds: what ran, how it ended, how long and how much memory."""

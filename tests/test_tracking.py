@@ -437,3 +437,34 @@ def test_an_unwritable_error_file_does_not_mask_the_runs_error(make_args, monkey
     runner = fedml.FedMLRunner(args, torch.device("cpu"), dataset, model, client_trainer=Broken(model, args))
     with pytest.raises(RuntimeError, match="the client's disk is on fire"):
         runner.run()
+
+
+def test_a_default_run_leaves_curves_png_and_one_without_plots_does_not(make_args):
+    import matplotlib.image
+
+    import fedml
+
+    result = fedml.run_simulation(argv=[], **make_args_overrides(make_args), comm_round=2)
+    image = matplotlib.image.imread(result.run_dir / "curves.png")
+    assert image.shape[0] > image.shape[1] > 100
+    plain = fedml.run_simulation(argv=[], **make_args_overrides(make_args), comm_round=1, plots=False)
+    assert not (plain.run_dir / "curves.png").exists()
+
+
+def test_without_matplotlib_the_run_succeeds_and_says_how_to_get_plots(make_args, monkeypatch, caplog):
+    import builtins
+
+    import fedml
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    caplog.set_level("INFO", logger="fedml")
+    result = fedml.run_simulation(argv=[], **make_args_overrides(make_args), comm_round=1)
+    assert not (result.run_dir / "curves.png").exists()
+    assert 'pip install "fedml[plots]"' in caplog.text
