@@ -401,3 +401,17 @@ def test_mlflow_error_after_start_is_one_warning(
     client, run = only_run(logger.tracking_uri)
     assert run.info.status == "FINISHED"  # the run is still ended
     assert client.list_artifacts(run.info.run_id) == []  # nothing more was sent once broken
+
+
+def test_mlflow_params_refused_at_start_leave_a_run_that_fail_ends(
+    mlflow: Any, run_dir: Path, config: dict[str, dict[str, Any]]
+) -> None:
+    logger = mlflow.MlflowLogger(run_dir.parent / "mlruns")
+    bad = {**config, "train_args": {**config["train_args"], "no?such!name": 1}}
+    with pytest.raises(ConfigError, match="cannot log to MLflow") as info:
+        logger.start(run_dir, bad)
+    logger.fail(info.value)
+
+    _, run = only_run(logger.tracking_uri)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["fedml.error"].startswith("ConfigError: tracking_args.mlflow_tracking_uri")

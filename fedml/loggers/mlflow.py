@@ -97,6 +97,8 @@ class MlflowLogger:
             run = client.create_run(
                 experiment_id, run_name=Path(run_dir).name, tags={"fedml.run_dir": str(run_dir)}
             )
+            # Kept before the params go, so that ``fail`` after an error here ends the run FAILED.
+            self.client, self.run_id = client, run.info.run_id
             params = [Param(k, clip(str(v), PARAM_LIMIT)) for k, v in flatten(config).items()]
             for first in range(0, len(params), BATCH):
                 client.log_batch(run.info.run_id, params=params[first : first + BATCH])
@@ -104,7 +106,6 @@ class MlflowLogger:
             raise ConfigError(
                 f"tracking_args.mlflow_tracking_uri: cannot log to MLflow at {self.tracking_uri!r} ({exc})"
             ) from exc
-        self.client, self.run_id = client, run.info.run_id
 
     def log_round(self, record: Mapping[str, float | None]) -> None:
         """Log each finite metric of ``record`` at step ``record["round"]``."""
