@@ -415,3 +415,18 @@ def test_mlflow_params_refused_at_start_leave_a_run_that_fail_ends(
     _, run = only_run(logger.tracking_uri)
     assert run.info.status == "FAILED"
     assert run.data.tags["fedml.error"].startswith("ConfigError: tracking_args.mlflow_tracking_uri")
+
+
+def test_numpy_scalars_are_logged_like_floats(
+    tensorboard: Any, run_dir: Path, config: dict[str, dict[str, Any]]
+) -> None:
+    import numpy as np
+
+    logger = tensorboard.TensorBoardLogger()
+    logger.start(run_dir, config)
+    logger.log_round({"round": np.int64(3), "test_accuracy": np.float32(0.5), "test_loss": np.float64("nan")})
+    logger.finish({}, [])
+
+    events = read_events(run_dir / "tensorboard")
+    assert [(e.step, e.value) for e in events.Scalars("test/accuracy")] == [(3, 0.5)]
+    assert "test/loss" not in events.Tags()["scalars"]

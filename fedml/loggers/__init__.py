@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -142,8 +143,16 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def finite(value: Any) -> float | None:
-    """Return ``value`` as a float if it is a finite real number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Return ``value`` as a float if it is a finite real number (not a bool), else None.
+
+    Examples
+    --------
+    >>> finite(3), finite(float("nan")), finite(None), finite(True), finite("0.5")
+    (3.0, None, None, None, None)
+
+    """
+    # numbers.Real, so numpy scalars count too.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     number = float(value)
     return number if math.isfinite(number) else None
