@@ -22,6 +22,7 @@ import yaml
 
 from fedml.core.files import atomic_torch_save, atomic_write_text
 from fedml.errors import ConfigError
+from fedml.loggers import create_loggers
 
 _levels_set_by_fedml: set[int] = set()
 """Levels ``configure_logging`` gave the ``fedml`` logger: it may change those, never the application's."""
@@ -198,13 +199,16 @@ class RunTracker:
         self.round_seconds: list[float] = []
         self.first_round_started: float | None = None
         name = args.run_name or f"{self.dataset}-{self.model}-{args.federated_optimizer}"
+        # Before the run directory: a logger whose package is missing stops the run leaving nothing.
+        self.loggers = create_loggers(args)
         self.run_dir = _new_run_dir(
             Path(args.run_dir).expanduser(), f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
         )
-        atomic_write_text(
-            self.run_dir / "config.yaml", yaml.safe_dump(redacted(args.to_dict()), sort_keys=False)
-        )
+        config = redacted(args.to_dict())
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        for logger in self.loggers:
+            logger.start(self.run_dir, config)
 
     def start(self, client_num: int) -> None:
         """Log the run's header line."""
@@ -264,6 +268,8 @@ class RunTracker:
         line = {k: v if math.isfinite(v) else None for k, v in record.items()}
         self._metrics.write(json.dumps(line, allow_nan=False) + "\n")
         self._metrics.flush()
+        for logger in self.loggers:
+            logger.log_round(line)
         if not self.args.quiet:
             self.log.info(
                 "Round %d: Training completed with accuracy %.1f%%.",
@@ -303,8 +309,12 @@ class RunTracker:
         self.log.info("Run directory: %s", self.run_dir)
         timings = self.timings()
         atomic_write_text(self.run_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
-        self.write_summary(timings, None)
+        summary = self.write_summary(timings, None)
         self.plot()
+        names = ("model.pt", "curves.png", "config.yaml", "summary.json", "metrics.jsonl")
+        artifacts = [self.run_dir / name for name in names if (self.run_dir / name).exists()]
+        for logger in self.loggers:
+            logger.finish(summary, artifacts)
         return RunResult(
             dict(final),
             list(self.history),
@@ -325,6 +335,8 @@ class RunTracker:
         except OSError as exc:
             # The run's own error is the one to report; a full disk must not replace it.
             self.log.warning("Could not write the run's error into %s: %s", self.run_dir, exc)
+        for logger in self.loggers:
+            logger.fail(error)
 
     def plot(self) -> Path | None:
         """Write ``curves.png`` from the evaluated rounds (``tracking_args.plots``); return its path.
@@ -372,10 +384,13 @@ class RunTracker:
             "git_commit": git_commit(Path.cwd()),
         }
 
-    def write_summary(self, timings: Mapping[str, Any], error: str | None) -> None:
-        """Write ``summary.json`` into the run directory, atomically."""
-        text = json.dumps(self.summary(timings, error), indent=1, allow_nan=False)
-        atomic_write_text(self.run_dir / "summary.json", text + "\n")
+    def write_summary(self, timings: Mapping[str, Any], error: str | None) -> dict[str, Any]:
+        """Write ``summary.json`` into the run directory, atomically; return what it holds."""
+        summary = self.summary(timings, error)
+        atomic_write_text(
+            self.run_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n"
+        )
+        return summary
 
 
 def peak_memory_mb() -> float:

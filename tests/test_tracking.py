@@ -468,3 +468,57 @@ def test_without_matplotlib_the_run_succeeds_and_says_how_to_get_plots(make_args
     result = fedml.run_simulation(argv=[], **make_args_overrides(make_args), comm_round=1)
     assert not (result.run_dir / "curves.png").exists()
     assert 'pip install "fedml[plots]"' in caplog.text
+
+
+def test_a_run_logs_to_tensorboard_and_mlflow_and_both_read_back(make_args):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import fedml
+    from fedml.loggers.mlflow import default_tracking_uri
+
+    overrides = make_args_overrides(make_args)
+    result = fedml.run_simulation(
+        argv=[], **overrides, comm_round=3, loggers=["tensorboard", "mlflow"], auth_token="s3cret"
+    )
+    accuracies = [r["test_accuracy"] for r in result.history]
+
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("test/accuracy")
+    assert [e.step for e in logged] == [1, 2, 3]
+    assert [e.value for e in logged] == pytest.approx(accuracies, abs=1e-6)
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(Path(overrides["run_dir"]) / "mlruns"))
+    (run,) = client.search_runs([client.get_experiment_by_name("fedml").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == result.run_dir.name
+    assert run.data.params["train_args.comm_round"] == "3"
+    assert run.data.params["comm_args.auth_token"] == "<redacted>"
+    history = client.get_metric_history(run.info.run_id, "test_accuracy")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == pytest.approx(accuracies)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "curves.png", "summary.json", "config.yaml"} <= artifacts
+
+
+def test_a_failed_run_ends_its_mlflow_run_failed(make_args):
+    from mlflow import MlflowClient
+
+    import fedml
+    from fedml.loggers.mlflow import default_tracking_uri
+
+    class Broken(fedml.ClientTrainer):
+        def train(self, train_data, device, args):
+            raise RuntimeError("the client's disk is on fire")
+
+    args = make_args(comm_round=1, client_num_per_round=2, engine="sequential", loggers=["mlflow"])
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    runner = fedml.FedMLRunner(args, torch.device("cpu"), dataset, model, client_trainer=Broken(model, args))
+    with pytest.raises(RuntimeError, match="on fire"):
+        runner.run()
+    client = MlflowClient(tracking_uri=default_tracking_uri(Path(args.run_dir) / "mlruns"))
+    (run,) = client.search_runs([client.get_experiment_by_name("fedml").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "on fire" in run.data.tags["fedml.error"]
