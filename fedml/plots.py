@@ -65,6 +65,12 @@ def run_figure(history: Sequence[Record], title: str) -> Figure:
             ax.plot(rounds, values, marker="o", markersize=3, label=name)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        if label == "clients aggregated":
+            from matplotlib.ticker import MaxNLocator
+
+            # Counts: whole numbers from zero, so a steady round shows as the flat line it is.
+            ax.set_ylim(bottom=0, top=max([1.0, *_series(history, "clients")[1]]) * 1.15)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         if len(series) > 1:
             ax.legend(loc="best", fontsize="small")
     if not history:

@@ -16,6 +16,7 @@ import torch
 
 import fedml
 from fedml.core.comm.broker import MosquittoBroker, free_port
+from tests.simulation.launchers import RUN_FILES
 
 from .jobs import SEED_CONFIG, Job, launch
 
@@ -77,6 +78,7 @@ def test_the_seeds_file_and_yaml_run_as_printed_to_the_final_accuracy_line(job, 
         assert "Finished; the server saved the run in" in silo.output()
     run_dir = only_run_dir(tmp_path / "runs")
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 10
+    assert {path.name for path in run_dir.iterdir()} >= RUN_FILES
     assert (tmp_path / "home" / ".cache" / "fedml" / "certs" / "ca.pem").exists()
 
 

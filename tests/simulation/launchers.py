@@ -70,9 +70,14 @@ def run_dir_of(runs: Path) -> Path:
     return run_dir
 
 
+RUN_FILES = {"config.yaml", "metrics.jsonl", "summary.json", "timings.json", "model.pt", "curves.png"}
+"""What every backend's run directory holds after a finished run (written by the server side only)."""
+
+
 def final_model_and_accuracy(runs: Path) -> tuple[dict[str, torch.Tensor], float]:
     """Read ``model.pt`` and the last evaluated accuracy of the run saved under ``runs``."""
     run_dir = run_dir_of(runs)
+    assert {path.name for path in run_dir.iterdir()} >= RUN_FILES, sorted(run_dir.iterdir())
     state = torch.load(run_dir / "model.pt", weights_only=True)
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     return state, last["test_accuracy"]
