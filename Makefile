@@ -9,8 +9,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 demo: $(BIN)/python
-	@echo "Installing fedml and torch into $(VENV) (about 2 minutes the first time, seconds after)..."
-	$(BIN)/pip install -q -e .
+	@echo "Installing fedml, torch and matplotlib into $(VENV) (about 2 minutes the first time, seconds after)..."
+	$(BIN)/pip install -q -e ".[plots]"
 	$(BIN)/python -c "import fedml; fedml.run_simulation()"
 
 lint: $(BIN)/python
