@@ -209,9 +209,21 @@ def _env(argv: list[str]) -> None:
         f"python {platform.python_version()} ({platform.platform()})",
         f"torch {torch.__version__}, cuda available: {torch.cuda.is_available()}",
     ]
-    for extra, module in (("mpi", "mpi4py"), ("grpc", "grpc"), ("mqtt", "paho.mqtt")):
+    extras = (
+        ("mpi", "mpi4py"),
+        ("grpc", "grpc"),
+        ("mqtt", "paho.mqtt"),
+        ("plots", "matplotlib"),
+        ("tensorboard", "tensorboard"),
+        ("mlflow", "mlflow"),
+    )
+    for extra, module in extras:
         found = importlib.util.find_spec(module.split(".")[0]) is not None
         lines.append(f"{module}: {'installed' if found else f'missing (pip install fedml[{extra}])'}")
+    from fedml.core.comm.broker import INSTALL_HINT, find_mosquitto
+
+    broker = find_mosquitto()
+    lines.append(f"mosquitto: {broker or f'missing ({INSTALL_HINT})'}")
     sys.stdout.write("\n".join(lines) + "\n")
 
 

@@ -28,6 +28,8 @@ def test_env_and_unknown_command():
     env = run_python("-m", "fedml", "env")
     assert env.returncode == 0
     assert "torch " in env.stdout
+    for module in ("grpc", "paho.mqtt", "matplotlib", "tensorboard", "mlflow", "mosquitto"):
+        assert f"\n{module}: " in env.stdout
     bad = run_python("-m", "fedml", "frobnicate")
     assert bad.returncode == 2
     assert "unknown command 'frobnicate'" in bad.stderr

@@ -280,9 +280,14 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
-def _find(binary: str) -> str:
+def find_mosquitto(binary: str = "mosquitto") -> str | None:
+    """Return the path of Mosquitto's ``binary`` (also looked for in the sbin folders), or ``None``."""
     path = os.environ.get("PATH", os.defpath) + os.pathsep + os.pathsep.join(_SEARCH_PATH)
-    found = shutil.which(binary, path=path)
+    return shutil.which(binary, path=path)
+
+
+def _find(binary: str) -> str:
+    found = find_mosquitto(binary)
     if found is None:
         raise TransportError(f"the MQTT broker program {binary!r} was not found; {INSTALL_HINT}")
     return found
