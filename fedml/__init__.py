@@ -25,6 +25,7 @@ from typing import Any
 
 from fedml import data, device, model
 from fedml.config import Arguments, load_arguments, parse_command_line
+from fedml.cross_device.edge import edge_runner, init_edge
 from fedml.errors import ConfigError, FedMLError, NotSupportedError
 from fedml.ml import ClientTrainer, ServerAggregator
 from fedml.runner import FedMLRunner
@@ -181,7 +182,9 @@ __all__ = [
     "__version__",
     "data",
     "device",
+    "edge_runner",
     "init",
+    "init_edge",
     "model",
     "run_cross_silo_client",
     "run_cross_silo_server",

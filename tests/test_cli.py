@@ -18,7 +18,11 @@ def test_config_error_is_one_message_and_exit_code_2(tmp_path):
 
 def test_unbuilt_training_type_exits_3(tmp_path):
     path = tmp_path / "silo.yaml"
-    path.write_text("common_args: {training_type: cross_device}\ndata_args: {download: false}\n")
+    path.write_text(
+        "common_args: {training_type: cross_device}\n"
+        "comm_args: {backend: GRPC}\n"
+        "data_args: {download: false}\n"
+    )
     out = run_python("-m", "fedml", "run", "--cf", str(path), f"run_dir={tmp_path}")
     assert out.returncode == 3
     assert "not available yet" in out.stderr

@@ -7,11 +7,11 @@ from fedml.runner import available_runners
 
 
 def test_unbuilt_combination_names_what_exists(make_args):
-    args = make_args(training_type="cross_device", backend="MQTT")
+    args = make_args(training_type="cross_device", backend="GRPC")
     with pytest.raises(NotSupportedError) as err:
         fedml.FedMLRunner(args, torch.device("cpu"), None, torch.nn.Linear(1, 1))
     assert isinstance(err.value, NotImplementedError)
-    assert "'cross_device' with comm_args.backend 'MQTT'" in str(err.value)
+    assert "'cross_device' with comm_args.backend 'GRPC'" in str(err.value)
     assert "cross_silo/GRPC" in str(err.value)
     assert "simulation/sp" in str(err.value)
 

@@ -107,6 +107,7 @@ class TrainArgs(Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     engine: Literal["auto", "sequential", "vectorized"] = "auto"
+    over_selection: float = Field(1.0, ge=1.0, le=10.0)
 
 
 class ValidationArgs(Section):

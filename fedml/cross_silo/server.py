@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedml.core.comm.network import open_transport
-from fedml.core.round import Quorum, RemoteBackend
+from fedml.core.round import ParticipationPolicy, Quorum, RemoteBackend
 from fedml.simulation.base import Simulator
 from fedml.tracking import RunResult
 
@@ -50,18 +50,26 @@ class CrossSiloServer(Simulator):
         super().__init__(*args, **kwargs)
         self.backend_name = self.args.backend
 
+    def joining(self) -> tuple[int, int, int]:
+        """Return ``(silos to wait for, silos enough to start, replies a round needs)`` (``quorum``)."""
+        return quorum(self.args)
+
+    def policy(self, replies: int) -> ParticipationPolicy:
+        """Return ``Quorum``: everyone selected within ``round_timeout``, else at least ``replies``."""
+        return Quorum(self.args.round_timeout or self.args.timeout, replies)
+
     def run(self) -> RunResult:
         """Serve the run to its end and return its result."""
         args = self.args
         rounds = self.rounds()
-        wanted, start, replies = quorum(args)
+        wanted, start, replies = self.joining()
         with open_transport(args, "0", server=True, log=rounds.log) as link:
             rounds.log.info(
                 "Serving %s on %s:%s; waiting for %d silo(s)", args.backend, args.host, link.port, wanted
             )
             backend = RemoteBackend(
                 link,
-                Quorum(args.round_timeout or args.timeout, replies),
+                self.policy(replies),
                 args.backend,
                 min_peers=wanted,
                 start_with=start,

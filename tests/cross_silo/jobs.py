@@ -100,9 +100,11 @@ class Job:
             process.stop()
 
 
-def launch(folder: Path, *argv: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run ``fedml launch --cf <the seed's YAML>`` offline in ``folder``; a timeout kills its whole group."""
-    command = [sys.executable, "-m", "fedml", "launch", "--cf", str(SEED_CONFIG), *argv]
+def launch(
+    folder: Path, *argv: str, timeout: float = 240, config: Path = SEED_CONFIG
+) -> subprocess.CompletedProcess[str]:
+    """Run ``fedml launch --cf <config>`` offline in ``folder``; a timeout kills its whole group."""
+    command = [sys.executable, "-m", "fedml", "launch", "--cf", str(config), *argv]
     command += ["download=false", f"run_dir={folder / 'runs'}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env["HOME"] = str(folder / "home")

@@ -188,6 +188,9 @@ class Algorithm(Protocol):
     accepts_presummed_updates: bool
     """True when the server rule depends on a round's updates only through their sample-weighted mean,
     so a backend may sum them before they reach the server (NCCL's all-reduce)."""
+    keeps_client_state: bool
+    """True when the server keeps state per client between rounds (SCAFFOLD's control variates,
+    FedDyn's gradients), which needs the same clients to come back: not so for cross-device devices."""
 
     def client_update(
         self, global_state: dict[str, torch.Tensor], client: Client, ctx: RoundContext

@@ -22,6 +22,7 @@ class FedAvg:
 
     name = "FedAvg"
     accepts_presummed_updates = True
+    keeps_client_state = False
 
     def __init__(self, args: Any = None) -> None:
         self.args = args

@@ -46,6 +46,7 @@ class FedDyn(FedAvg):
 
     name = "FedDyn"
     accepts_presummed_updates = False
+    keeps_client_state = True
 
     def __init__(self, args: Any) -> None:
         super().__init__(args)

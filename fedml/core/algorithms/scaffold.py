@@ -39,6 +39,7 @@ class Scaffold(FedAvg):
 
     name = "SCAFFOLD"
     accepts_presummed_updates = False
+    keeps_client_state = True
 
     def __init__(self, args: Any) -> None:
         super().__init__(args)
