@@ -23,6 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -82,6 +83,9 @@ class MosquittoBroker:
         Makes the main listener a TLS listener with these files.
     also_plaintext
         With ``tls``, also open a plaintext listener on another free port (``plain_port``).
+    devices
+        Device id -> password: each device logs in as its id, and the broker enforces ``fedml_acl``
+        (``username`` is then the server's, with every fedml topic).
     binary, passwd_binary
         The ``mosquitto`` and ``mosquitto_passwd`` executables (names on ``PATH`` or paths).
 
@@ -108,9 +112,11 @@ class MosquittoBroker:
         password: str | None = None,
         tls: BrokerTLS | None = None,
         also_plaintext: bool = False,
+        devices: Mapping[str, str] | None = None,
         binary: str = "mosquitto",
         passwd_binary: str = "mosquitto_passwd",
     ) -> None:
+        self.devices = dict(devices or {})
         self.host = host
         self.port = port or free_port(self._probe_host(host))
         self.tls = tls
@@ -194,12 +200,15 @@ class MosquittoBroker:
     def _write_files(self, directory: Path, passwd_binary: str) -> Path:
         passwords = directory / "passwd"
         try:
-            subprocess.run(
-                [passwd_binary, "-b", "-c", str(passwords), self.username, self.password],
-                check=True,
-                capture_output=True,
-                timeout=30,
-            )
+            users = [(self.username, self.password), *self.devices.items()]
+            for index, (user, password) in enumerate(users):
+                create = ["-c"] if index == 0 else []
+                subprocess.run(
+                    [passwd_binary, "-b", *create, str(passwords), user, password],
+                    check=True,
+                    capture_output=True,
+                    timeout=30,
+                )
         except subprocess.CalledProcessError as exc:
             raise TransportError(
                 f"mosquitto_passwd failed: {exc.stderr.decode(errors='replace').strip()}"
@@ -220,6 +229,10 @@ class MosquittoBroker:
             # A large model travels as many QoS 1 chunks; the default of 1000 queued would drop some.
             "max_queued_messages 100000",
         ]
+        if self.devices:
+            acl = directory / "acl"
+            acl.write_text(fedml_acl(self.username), encoding="utf-8")
+            lines.append(f"acl_file {acl}")
         if owner is not None:
             lines.append(f"user {owner.pw_name}")
         if self.tls is not None:
@@ -278,6 +291,36 @@ def _accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def fedml_acl(server_user: str) -> str:
+    """Return a Mosquitto ACL for fedml's topics, with each device logging in as its device id.
+
+    The server's user reads and writes every fedml topic. A device reads only its own task topic and
+    the server's announcements, and writes only its own update topic and last will, so it can neither
+    read another device's task nor send an update in another device's name.
+
+    Examples
+    --------
+    >>> print(fedml_acl("fedml-server").splitlines()[-1])
+    pattern write fedml/+/will/%u
+
+    """
+    return (
+        "\n".join(
+            [
+                "# fedml (fedml.core.comm.mqtt): a device's username is its device id.",
+                f"user {server_user}",
+                "topic readwrite fedml/#",
+                "",
+                "pattern read fedml/+/to/%u",
+                "pattern read fedml/+/hello",
+                "pattern write fedml/+/from/%u",
+                "pattern write fedml/+/will/%u",
+            ]
+        )
+        + "\n"
+    )
 
 
 def find_mosquitto(binary: str = "mosquitto") -> str | None:

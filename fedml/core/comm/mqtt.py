@@ -3,7 +3,10 @@
 Both ends are clients of one broker (Mosquitto, see ``fedml.core.comm.broker``), authenticated by
 username and password, over TLS unless ``comm_args.insecure``. Topics are namespaced by run id:
 
-- ``fedml/{run}/to/{peer}``: the inbox of ``peer``; each end subscribes to its own.
+- ``fedml/{run}/to/{peer}``: what the server sends ``peer``; each peer subscribes to its own.
+- ``fedml/{run}/from/{peer}``: what ``peer`` sends the server; the server takes the topic, not the
+  frame, as the sender, so a broker ACL that lets each device's credentials write only its own
+  topic (``fedml.core.comm.broker.fedml_acl``) binds every update to the device that sent it.
 - ``fedml/{run}/will/{peer}``: a client end's last will, which the broker publishes when the silo
   vanishes (about 1.5 x ``heartbeat`` without a ping, at once when its socket closes); the server
   turns it into an ``ERROR`` message from that peer.
@@ -109,6 +112,7 @@ class MqttTransport(ClosingContext):
         self.port = settings.port or DEFAULT_PORTS["MQTT" if tls is not None else "MQTT-plain"]
         self.broker = f"{settings.host}:{self.port}"
         self.inbox = topic(settings.run_id, "to", address)
+        self._updates_prefix = topic(settings.run_id, "from", "")
         self._will_prefix = topic(settings.run_id, "will", "")
         self._hello = topic(settings.run_id, "hello")
         self._queue: queue.Queue[Message | TransportError] = queue.Queue()
@@ -285,7 +289,10 @@ class MqttTransport(ClosingContext):
             return
         self._connack.set()
         self._disconnected.clear()
-        topics = [(self.inbox, QOS), (self._will_prefix + "+" if self.server else self._hello, QOS)]
+        if self.server:
+            topics = [(self._updates_prefix + "+", QOS), (self._will_prefix + "+", QOS)]
+        else:
+            topics = [(self.inbox, QOS), (self._hello, QOS)]
         client.subscribe(topics)
 
     def _on_subscribe(
@@ -333,7 +340,11 @@ class MqttTransport(ClosingContext):
     def _dispatch(self, where: str, payload: bytes | bytearray) -> None:
         frame = parse_frame(payload)
         run_id = self.settings.run_id
-        if where == self.inbox and frame.kind == FrameKind.DATA:
+        from_peer = self.server and where.startswith(self._updates_prefix)
+        if from_peer and where[len(self._updates_prefix) :] != frame.sender:
+            # The broker's ACL lets a peer write only its own topic: that, not the frame, says who sent it.
+            raise ProtocolError(f"a frame claims the sender {frame.sender!r:.40}")
+        if (from_peer or (not self.server and where == self.inbox)) and frame.kind == FrameKind.DATA:
             reason = refusal_reason(frame, run_id, self.settings.auth_token)
             if reason is None:
                 self._take_chunk(frame)
@@ -400,7 +411,12 @@ class MqttTransport(ClosingContext):
                 f"{message.describe()} is {total} bytes, over the limit of "
                 f"{self.settings.max_bytes} bytes (comm_args.max_message_mb)"
             )
-        target = topic(self.settings.run_id, "to", message.receiver)
+        # A peer writes only to its own update topic, so a broker ACL can bind topics to credentials.
+        target = (
+            topic(self.settings.run_id, "to", message.receiver)
+            if self.server
+            else self._updates_prefix + self.address
+        )
         run_id, token = self.settings.run_id, self.settings.auth_token
         return [
             self.client.publish(

@@ -17,6 +17,7 @@ import torch
 from fedml.core.comm import create_transport, transport_names
 from fedml.core.comm.broker import BrokerTLS, MosquittoBroker
 from fedml.core.comm.chunks import Chunk, encode_chunk, split
+from fedml.core.comm.codec import encode
 from fedml.core.comm.message import PROTOCOL_VERSION, Message, MessageKind
 from fedml.core.comm.mqtt import MqttTransport
 from fedml.core.comm.mqtt_frames import FrameKind, pack_frame
@@ -188,7 +189,7 @@ def test_malformed_frames_raise_protocol_errors_and_the_server_goes_on(broker, r
     not_a_message = split(b"these bytes are no fedml message")[0]
     raw_publish(
         broker,
-        f"fedml/{run_id}/to/0",
+        f"fedml/{run_id}/from/evil",
         [
             os.urandom(64),
             frame(encode_chunk(good))[:9],
@@ -201,7 +202,7 @@ def test_malformed_frames_raise_protocol_errors_and_the_server_goes_on(broker, r
 
     patterns = ["not a fedml MQTT frame", "truncated", "SHA-256", "exceeds the limit", "not a fedml message"]
     for pattern in patterns:
-        with pytest.raises(ProtocolError, match=f"on fedml/{run_id}/to/0: .*{pattern}"):
+        with pytest.raises(ProtocolError, match=f"on fedml/{run_id}/from/evil: .*{pattern}"):
             server.receive(5)
     assert server.receive(5).sender == "1"
 
@@ -209,14 +210,23 @@ def test_malformed_frames_raise_protocol_errors_and_the_server_goes_on(broker, r
 def test_a_message_whose_sender_is_not_the_frames_is_refused(broker, run_id, ends):
     server = ends(MqttTransport(plain(broker, run_id)))
     client = ends(MqttTransport(plain(broker, run_id), address="1", server=False))
-    from fedml.core.comm.codec import encode
 
     forged = split(encode(init("someone-else")))[0]
     raw_publish(
-        broker, f"fedml/{run_id}/to/0", [pack_frame(FrameKind.DATA, "1", run_id, None, encode_chunk(forged))]
+        broker,
+        f"fedml/{run_id}/from/1",
+        [pack_frame(FrameKind.DATA, "1", run_id, None, encode_chunk(forged))],
     )
 
     with pytest.raises(ProtocolError, match="from peer 1 claims the sender 'someone-else'"):
+        server.receive(5)
+    impostor = split(encode(init("2")))[0]
+    raw_publish(
+        broker,
+        f"fedml/{run_id}/from/1",
+        [pack_frame(FrameKind.DATA, "2", run_id, None, encode_chunk(impostor))],
+    )
+    with pytest.raises(ProtocolError, match=f"on fedml/{run_id}/from/1: a frame claims the sender '2'"):
         server.receive(5)
     client.send(init("1"))
     assert server.receive(5).sender == "1"
@@ -421,3 +431,50 @@ def test_client_end_sends_to_the_server_only_and_close_is_idempotent(broker, run
 def test_peer_ids_that_are_not_topic_levels_are_refused(broker, address):
     with pytest.raises(TransportError, match="peer id"):
         MqttTransport(plain(broker, "r"), address=address)
+
+
+@pytest.fixture(scope="module")
+def acl_broker():
+    with MosquittoBroker(username="fedml-server", devices={"1": "one-secret", "2": "two-secret"}) as running:
+        yield running
+
+
+def device(broker, run_id, user, password, **overrides):
+    return plain(broker, run_id, username=user, password=password, **overrides)
+
+
+def test_the_broker_acl_keeps_each_device_to_its_own_topics(acl_broker, run_id, ends):
+    server = ends(MqttTransport(plain(acl_broker, run_id)))
+    one = ends(MqttTransport(device(acl_broker, run_id, "1", "one-secret"), address="1", server=False))
+    one.send(init("1"))
+    assert server.receive(5).sender == "1"
+
+    # Device 2's credentials cannot read device 1's tasks: the broker never delivers them...
+    eavesdropper = ends(
+        MqttTransport(device(acl_broker, run_id, "2", "two-secret"), address="1", server=False)
+    )
+    server.send(Message(MessageKind.SYNC_MODEL, "0", "1", 0))
+    assert one.receive(5).kind == MessageKind.SYNC_MODEL
+    with pytest.raises(TransportError, match="no message"):
+        eavesdropper.receive(1.5)
+
+    # ... nor publish an update as device 1: the broker drops it before the server sees it.
+    impostor = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"raw-{uuid.uuid4().hex[:6]}")
+    impostor.username_pw_set("2", "two-secret")
+    impostor.connect("127.0.0.1", acl_broker.port)
+    impostor.loop_start()
+    try:
+        forged = split(encode(init("1")))[0]
+        frame = pack_frame(FrameKind.DATA, "1", run_id, None, encode_chunk(forged))
+        impostor.publish(f"fedml/{run_id}/from/1", frame, qos=1).wait_for_publish(5)
+    finally:
+        impostor.disconnect()
+        impostor.loop_stop()
+    with pytest.raises(TransportError, match="no message"):
+        server.receive(1.5)
+
+    two = ends(MqttTransport(device(acl_broker, run_id, "2", "two-secret"), address="2", server=False))
+    two.send(init("2"))
+    assert server.receive(5).sender == "2"
+    server.send(Message(MessageKind.SYNC_MODEL, "0", "2", 0))
+    assert two.receive(5).kind == MessageKind.SYNC_MODEL
