@@ -78,7 +78,7 @@ def launch(config_file: str, clients: int, argv: Sequence[str] = (), out: IO[str
             stack.callback(signal.signal, signal.SIGTERM, previous)
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedml-launch-")))
         job = _job_config(raw, args, clients, overrides)
-        if args.backend == "MQTT" and not _configured(raw, overrides, "host", "port"):
+        if args.backend == "MQTT" and not _configured(raw, overrides, "comm_args", "host", "port"):
             broker = stack.enter_context(_broker())
             job["comm_args"].update(
                 host=broker.host,
@@ -111,25 +111,22 @@ def _read(path: Path) -> dict[str, Any]:
     return {name: dict(section or {}) for name, section in data.items()}
 
 
-def _configured(raw: dict[str, Any], overrides: dict[str, Any], *keys: str) -> bool:
-    """Return whether the file or an override sets any of ``comm_args``'s ``keys``."""
+def _configured(raw: dict[str, Any], overrides: dict[str, Any], section: str, *keys: str) -> bool:
+    """Return whether the file's ``section`` or an override sets any of ``keys``."""
     flat = {key.rpartition(".")[2] for key in overrides}
-    return any(key in raw.get("comm_args", {}) or key in flat for key in keys)
+    return any(key in raw.get(section, {}) or key in flat for key in keys)
 
 
 def _job_config(raw: dict[str, Any], args: Any, clients: int, overrides: dict[str, Any]) -> dict[str, Any]:
     """Return the user's configuration plus what the job's processes must share."""
     job = {name: dict(section) for name, section in raw.items()}
     comm = job.setdefault("comm_args", {})
-    train = job.setdefault("train_args", {})
-    if not _configured(raw, overrides, "port") and args.backend == "GRPC":
+    if args.backend == "GRPC" and not _configured(raw, overrides, "comm_args", "port"):
         comm["port"] = free_port()
-    if not _configured(raw, overrides, "auth_token", "auth_token_file"):
+    if not _configured(raw, overrides, "comm_args", "auth_token", "auth_token_file"):
         comm["auth_token"] = secrets.token_urlsafe(24)
-    if "client_num_in_total" not in train and "client_num_in_total" not in {
-        k.rpartition(".")[2] for k in overrides
-    }:
-        train["client_num_in_total"] = clients
+    if not _configured(raw, overrides, "train_args", "client_num_in_total"):
+        job.setdefault("train_args", {})["client_num_in_total"] = clients
     return job
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +53,24 @@ def run_python(*argv: str, cwd: Path = ROOT, timeout: float = 180) -> subprocess
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Any]:
+    """A real Mosquitto with a password file on a free loopback port, shared by a module's tests."""
+    from fedml.core.comm.broker import MosquittoBroker
+    from tests.core.comm.conftest import needs_mosquitto
+
+    needs_mosquitto()
+    with MosquittoBroker() as running:
+        yield running
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Iterator[Any]:
+    """The processes of a networked test (``tests.cross_silo.jobs.Job``); none is left running after it."""
+    from tests.cross_silo.jobs import Job
+
+    running = Job(tmp_path)
+    yield running
+    running.stop_all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedml.core.comm.network import open_transport
-from fedml.core.round import LocalBackend, RoundWorker
+from fedml.core.round import RoundWorker
 from fedml.errors import ConfigError
 from fedml.simulation.base import Simulator
 from fedml.tracking import RunResult, role_logger
@@ -50,22 +50,6 @@ class CrossSiloClient(Simulator):
     def adopt_dataset_size(self) -> None:
         """Keep ``client_num_in_total``: a silo's dataset holds its own data, not the run's client count."""
 
-    def local_backend(self) -> LocalBackend:
-        """Return the in-process backend that trains this silo's client on its data."""
-        local = self.local
-        return LocalBackend(
-            self.args,
-            self.device,
-            lambda client: self.dataset.local_train(local),
-            self.args.client_num_in_total,
-            self.algorithm,
-            self.trainer,
-            self.aggregator,
-            self.steps.client,
-            self.batch_trainer,
-            self.backend_name,
-        )
-
     def run(self) -> RunResult:
         """Join the server, serve its requests and return the run's result as the server reported it."""
         args = self.args
@@ -74,5 +58,9 @@ class CrossSiloClient(Simulator):
         counts = {self.client: self.dataset.local_sample_num(self.local)}
         with open_transport(args, address, server=False, log=log) as link:
             log.info("Connected to the server over %s at %s:%s", args.backend, args.host, link.port)
-            worker = RoundWorker(link, self.local_backend(), counts, args.timeout + args.join_timeout)
+            # The silo's one client, by its id in the run, trains on this silo's data.
+            backend = self.local_backend(
+                lambda client: self.dataset.local_train(self.local), args.client_num_in_total
+            )
+            worker = RoundWorker(link, backend, counts, args.timeout + args.join_timeout)
             return worker.run()

@@ -23,7 +23,9 @@ from fedml.simulation.engine import choose_engine
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from fedml.data import ClientDataset
+    from collections.abc import Callable
+
+    from fedml.data import ClientData, ClientDataset
     from fedml.tracking import RunResult
 
 
@@ -114,13 +116,18 @@ class Simulator:
             names["model"] = type(self.model).__name__
         return names
 
-    def local_backend(self) -> LocalBackend:
-        """Return the backend that trains clients in this process with the chosen engine."""
+    def local_backend(
+        self, data: Callable[[int], ClientData] | None = None, client_num: int | None = None
+    ) -> LocalBackend:
+        """Return the backend that trains clients in this process with the chosen engine.
+
+        ``data`` (client -> its training data) and ``client_num`` default to the dataset's.
+        """
         return LocalBackend(
             self.args,
             self.device,
-            self.dataset.local_train,
-            self.dataset.client_num,
+            data or self.dataset.local_train,
+            self.dataset.client_num if client_num is None else client_num,
             self.algorithm,
             self.trainer,
             self.aggregator,

@@ -9,27 +9,13 @@ import pytest
 import torch
 
 import fedml
-from fedml.core.comm.broker import MosquittoBroker
 from fedml.errors import ConfigError, NotSupportedError
 from tests.conftest import ROOT
-from tests.cross_silo.jobs import Job, launch
+from tests.cross_silo.jobs import launch
 
 CONFIG = ROOT / "configs" / "cross_device_fedavg_mnist_lr.yaml"
 EDGE = ROOT / "examples" / "cross_device_edge.py"
 FINAL = r"Final Accuracy after Round (\d+): ([\d.]+)%"
-
-
-@pytest.fixture
-def job(tmp_path):
-    running = Job(tmp_path)
-    yield running
-    running.stop_all()
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with MosquittoBroker() as started:
-        yield started
 
 
 def test_the_seeds_edge_snippet_runs_five_devices_against_a_server(job, tmp_path, broker):

@@ -18,22 +18,9 @@ import fedml
 from fedml.core.comm.broker import MosquittoBroker, free_port
 from tests.simulation.launchers import RUN_FILES
 
-from .jobs import SEED_CONFIG, Job, launch
+from .jobs import SEED_CONFIG, launch
 
 FINAL = r"Final Accuracy after Round (\d+): ([\d.]+)%"
-
-
-@pytest.fixture
-def job(tmp_path):
-    running = Job(tmp_path)
-    yield running
-    running.stop_all()
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    with MosquittoBroker() as started:
-        yield started
 
 
 def network(backend: str, broker: MosquittoBroker | None) -> list[str]:

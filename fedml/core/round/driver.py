@@ -103,7 +103,6 @@ class FederatedRound:
             backend.open()
             tracker = self._started()
             bar = Progress(self.args.comm_round, self.first_round, enabled=False if self.args.quiet else None)
-            networked = backend.name not in ("sp", "NCCL")
             for round_idx in range(self.first_round, self.args.comm_round):
                 began = tracker.round_started()
                 # Named, so a round's results are freed only when the next arrive: the allocator then
@@ -112,8 +111,7 @@ class FederatedRound:
                 state = self.finish(round_idx, state, results)
                 tracker.round_done(began)
                 last = tracker.history[-1]["test_accuracy"] if tracker.history else None
-                wanted = self.args.client_num_per_round
-                bar.advance(last, client_count(results) if networked else None, wanted if networked else None)
+                bar.advance(last, client_count(results), self.args.client_num_per_round)
             bar.close()
             result = self.result()
         except BaseException as exc:

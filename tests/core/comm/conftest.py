@@ -1,27 +1,17 @@
-"""Fixtures for the MQTT tests: real Mosquitto brokers on free loopback ports."""
+"""Fixtures of the transport tests: certificates, and a skip where Mosquitto is missing."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fedml.core.comm.broker import MosquittoBroker
+from fedml.core.comm.broker import find_mosquitto
 
 
 def needs_mosquitto() -> None:
-    if shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin:/usr/bin:/bin") is None:
-        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto)")
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[MosquittoBroker]:
-    """A plaintext broker with a password file, shared by a module's tests (each uses its own run id)."""
-    needs_mosquitto()
-    with MosquittoBroker() as running:
-        yield running
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (apt-get install -y mosquitto; make test installs it)")
 
 
 @pytest.fixture(scope="module")
