@@ -1,0 +1,1 @@
+"""Privacy: differential privacy (clipping, noise, accounting) and secure aggregation, as round steps."""
