@@ -198,6 +198,8 @@ class RunTracker:
         self.data_seconds = data_seconds
         self.round_seconds: list[float] = []
         self.first_round_started: float | None = None
+        self.stopped_early: str | None = None
+        """Why training ended before ``comm_round`` (a privacy budget), for ``summary.json``."""
         name = args.run_name or f"{self.dataset}-{self.model}-{args.federated_optimizer}"
         # Before the run directory: a logger whose package is missing stops the run leaving nothing.
         self.loggers = create_loggers(args)
@@ -248,11 +250,17 @@ class RunTracker:
         return copied
 
     def log_round(
-        self, round_idx: int, test: Mapping[str, float], train_loss: float, clients: int | None = None
+        self,
+        round_idx: int,
+        test: Mapping[str, float],
+        train_loss: float,
+        clients: int | None = None,
+        extra: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
         """Record an evaluated round (0-based ``round_idx``, shown 1-based) and log its accuracy line.
 
-        ``clients`` is how many client updates the round aggregated.
+        ``clients`` is how many client updates the round aggregated; ``extra`` what the round's steps
+        add to the record (the DP accountant's ``epsilon`` and ``delta``).
         """
         record = {
             "round": round_idx + 1,
@@ -263,6 +271,7 @@ class RunTracker:
         }
         if clients is not None:
             record["clients"] = clients
+        record.update({k: float(v) for k, v in (extra or {}).items()})
         self.history.append(record)
         # Strict JSON: a non-finite value (train_loss of a round whose clients had no samples) is null.
         line = {k: v if math.isfinite(v) else None for k, v in record.items()}
@@ -271,10 +280,16 @@ class RunTracker:
         for logger in self.loggers:
             logger.log_round(line)
         if not self.args.quiet:
+            privacy = (
+                f" (epsilon {record['epsilon']:.3f} at delta {record['delta']:g})"
+                if "epsilon" in record
+                else ""
+            )
             self.log.info(
-                "Round %d: Training completed with accuracy %.1f%%.",
+                "Round %d: Training completed with accuracy %.1f%%.%s",
                 record["round"],
                 100 * record["test_accuracy"],
+                privacy,
             )
         return record
 
@@ -372,6 +387,7 @@ class RunTracker:
             "final_metrics": {k: v if math.isfinite(v) else None for k, v in final.items()},
             "rounds": int(final.get("round", 0)),
             "comm_round": args.comm_round,
+            "stopped_early": self.stopped_early,
             "seed": args.random_seed,
             "dataset": self.dataset,
             "model": self.model,

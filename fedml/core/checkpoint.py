@@ -74,6 +74,9 @@ class Checkpoint:
         empty for stateless algorithms.
     identity
         ``run_identity`` of the run that wrote it (empty in checkpoints of older versions).
+    steps_state
+        Step name -> its ``state_dict()``, for steps with state (the DP accountant's ledger, an adaptive
+        clipping bound).
 
     """
 
@@ -81,6 +84,7 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     algorithm_state: dict[str, Any] = field(default_factory=dict)
     identity: dict[str, Any] = field(default_factory=dict)
+    steps_state: dict[str, Any] = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -92,6 +96,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
             "model_state": checkpoint.model_state,
             "algorithm_state": checkpoint.algorithm_state,
             "identity": checkpoint.identity,
+            "steps_state": checkpoint.steps_state,
         },
     )
 
@@ -121,4 +126,5 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         dict(data["model_state"]),
         dict(data["algorithm_state"]),
         dict(data.get("identity", {})),
+        dict(data.get("steps_state", {})),
     )

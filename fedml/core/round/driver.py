@@ -104,6 +104,10 @@ class FederatedRound:
             tracker = self._started()
             bar = Progress(self.args.comm_round, self.first_round, enabled=False if self.args.quiet else None)
             for round_idx in range(self.first_round, self.args.comm_round):
+                reason = self.stop_reason(round_idx)
+                if reason is not None:
+                    self.stop_early(round_idx, reason)
+                    break
                 began = tracker.round_started()
                 # Named, so a round's results are freed only when the next arrive: the allocator then
                 # reuses their memory instead of faulting in fresh pages (a third fewer on many clients).
@@ -149,11 +153,60 @@ class FederatedRound:
         if checkpoint is not None:
             if checkpoint.algorithm_state and isinstance(self.algorithm, Checkpointable):
                 self.algorithm.load_state_dict(checkpoint.algorithm_state)
+            self._load_steps_state(checkpoint)
             self.first_round = checkpoint.rounds_done
             previous = Path(self.args.resume_from).expanduser().parent / "metrics.jsonl"
             self.tracker.carry_over(previous, checkpoint.rounds_done)
             self.log.info("Resumed from %s after round %d", self.args.resume_from, self.first_round)
         return self.aggregator.get_model_params()
+
+    def _load_steps_state(self, checkpoint: Checkpoint) -> None:
+        """Give each step with state (the DP ledger, an adaptive clip bound) what the checkpoint saved.
+
+        Raises
+        ------
+        ConfigError
+            If a step with state has none in the checkpoint: resuming would forget, say, the privacy
+            already spent.
+
+        """
+        for step in self.steps.all():
+            if not isinstance(step, Checkpointable):
+                continue
+            if step.name not in checkpoint.steps_state:
+                raise ConfigError(
+                    f"tracking_args.resume_from: {self.args.resume_from} holds no state of the {step.name} "
+                    "step (it was written by a run without it); resuming would lose what it had counted"
+                )
+            step.load_state_dict(checkpoint.steps_state[step.name])
+
+    def stop_reason(self, round_idx: int) -> str | None:
+        """Return why round ``round_idx`` must not run (a step's budget would be exceeded), else ``None``."""
+        for step in self.steps.all():
+            reason = step.stop_reason(round_idx)
+            if reason is not None:
+                return reason
+        return None
+
+    def stop_early(self, round_idx: int, reason: str) -> None:
+        """End training before round ``round_idx``: log why, evaluate the model if the last round was not.
+
+        The run then finishes as usual (final checkpoint, summary with ``stopped_early``).
+        """
+        tracker = self._started()
+        self.log.warning("Training stops before round %d: %s", round_idx + 1, reason)
+        tracker.stopped_early = reason
+        evaluated = tracker.history[-1]["round"] if tracker.history else 0
+        if round_idx > 0 and evaluated < round_idx and self.test_data is not None:
+            test = self.aggregator.test(self.test_data, self.device, self.args)
+            tracker.log_round(round_idx - 1, test, float("nan"), None, self.step_metrics())
+
+    def step_metrics(self) -> dict[str, float]:
+        """Return what the steps add to an evaluated round's record (``epsilon``, ``delta``)."""
+        metrics: dict[str, float] = {}
+        for step in self.steps.all():
+            metrics.update(step.round_metrics())
+        return metrics
 
     def _resume_point(self) -> Checkpoint | None:
         if not self.args.resume_from:
@@ -220,7 +273,12 @@ class FederatedRound:
         algorithm = self.algorithm
         algorithm_state = algorithm.state_dict() if isinstance(algorithm, Checkpointable) else {}
         model_state = self.aggregator.get_model_params()
-        checkpoint = Checkpoint(rounds_done, model_state, algorithm_state, run_identity(self.args))
+        steps_state = {
+            step.name: step.state_dict() for step in self.steps.all() if isinstance(step, Checkpointable)
+        }
+        checkpoint = Checkpoint(
+            rounds_done, model_state, algorithm_state, run_identity(self.args), steps_state
+        )
         save_checkpoint(self._started().run_dir / CHECKPOINT_FILE, checkpoint)
 
     def finish(
@@ -239,6 +297,8 @@ class FederatedRound:
 
         """
         ctx = self.context(round_idx)
+        for step in self.steps.all():
+            step.account(round_idx, results)
         if isinstance(results, SummedUpdate):
             if results.weight <= 0:
                 raise _diverged(round_idx, None)
@@ -249,12 +309,16 @@ class FederatedRound:
                 raise _diverged(round_idx, len(results))
             for step in self.steps.server:
                 usable = step.apply(usable, global_state, ctx)
+            for step in self.steps.server:
+                ctx.aggregator = step.wrap_aggregator(ctx.aggregator, usable, ctx)
             combined = usable
         new_state = self.algorithm.server_update(global_state, combined, ctx)
         self.aggregator.set_model_params(new_state)
         if self.test_data is not None and self._evaluates(round_idx):
             test = self.aggregator.test(self.test_data, self.device, self.args)
-            self._started().log_round(round_idx, test, train_loss(combined), client_count(combined))
+            self._started().log_round(
+                round_idx, test, train_loss(combined), client_count(combined), self.step_metrics()
+            )
         frequency = self.args.checkpoint_frequency
         if frequency and (round_idx + 1) % frequency == 0:
             self.checkpoint(round_idx + 1)

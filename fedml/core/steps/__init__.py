@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fedml.core.algorithms.base import Algorithm, Client, RoundContext, Update
+from fedml.core.algorithms.base import Aggregator, Algorithm, Client, RoundContext, RoundResults, Update
 from fedml.core.registry import Registry
 from fedml.errors import NotSupportedError
 
@@ -49,6 +49,27 @@ class Step:
         """Return one line saying what the step does in this run, for the server's log."""
         return f"step {self.name}"
 
+    def check(self, algorithm: Algorithm, backend: str, engine: str | None, presummed: bool) -> None:
+        """Refuse a combination this step cannot honour, beyond what its attributes declare (none here).
+
+        Raises
+        ------
+        FedMLError
+            A subclass naming the step and what it cannot work with.
+
+        """
+
+    def account(self, round_idx: int, results: RoundResults) -> None:
+        """Note what round ``round_idx`` released: every result the server received (nothing here)."""
+
+    def round_metrics(self) -> dict[str, float]:
+        """Return what the step adds to an evaluated round's record (``epsilon``, ``delta``; none here)."""
+        return {}
+
+    def stop_reason(self, round_idx: int) -> str | None:
+        """Return why round ``round_idx`` must not run (a privacy budget it would exceed), else ``None``."""
+        return None
+
 
 class ClientStep(Step):
     """A step where a client trains; both hooks pass their input through unless overridden."""
@@ -73,6 +94,14 @@ class ServerStep(Step):
         """Return the updates that go on to aggregation (filtered or transformed)."""
         return updates
 
+    def wrap_aggregator(self, aggregator: Aggregator, updates: list[Update], ctx: RoundContext) -> Aggregator:
+        """Return the aggregator the algorithm's server rule uses this round (``aggregator`` here).
+
+        Called after ``apply`` with the updates going to aggregation; a step that acts on the combined
+        state (central noise, before a server optimizer's step) wraps it.
+        """
+        return aggregator
+
 
 StepFactory = Callable[[Any], Step | None]
 """``factory(args)`` returns the step when its section enables it, else ``None``."""
@@ -87,11 +116,12 @@ class StepEntry:
 
 
 CLIENT_STEPS: Registry[StepEntry] = Registry("client step", key="steps")
-"""Client-side steps, run in ``position`` order: attack simulation (10); DP clipping and noise and
-secure-aggregation masking take later positions."""
+"""Client-side steps, run in ``position`` order: attack simulation (10), local DP (30); secure-aggregation
+masking takes a later position."""
 
 SERVER_STEPS: Registry[StepEntry] = Registry("server step", key="steps")
-"""Server-side steps, run in ``position`` order: unmasking comes first, then robust filters (20)."""
+"""Server-side steps, run in ``position`` order: unmasking comes first, then robust filters (20), central
+DP (30) and the DP accountant (90)."""
 
 
 @dataclass
@@ -136,6 +166,8 @@ def check_compatibility(
     ------
     NotSupportedError
         Naming the step (or algorithm) and the backend or engine, and what would work instead.
+    FedMLError
+        What a step's own ``check`` raises (``PrivacyError`` for DP that cannot hold).
 
     """
     if presummed and not algorithm.accepts_presummed_updates:
@@ -144,6 +176,7 @@ def check_compatibility(
             f"{algorithm.name} cannot use: it needs every client's update; use backend sp or MPI"
         )
     for step in steps.all():
+        step.check(algorithm, backend, engine, presummed)
         if presummed and step.needs_individual_updates:
             raise NotSupportedError(
                 f"comm_args.backend {backend} sums client updates before the server sees them, which the "
@@ -208,6 +241,31 @@ CLIENT_STEPS.register(
 SERVER_STEPS.register(
     "defense", StepEntry(_defense_step, position=20), settings="fedml.core.steps.defense:DefenseArgs"
 )
+
+
+def _local_dp_step(args: Any) -> Step | None:
+    from fedml.core.privacy.steps import local_dp_step
+
+    return local_dp_step(args)
+
+
+def _central_dp_step(args: Any) -> Step | None:
+    from fedml.core.privacy.steps import central_dp_step
+
+    return central_dp_step(args)
+
+
+def _accountant_step(args: Any) -> Step | None:
+    from fedml.core.privacy.steps import accountant_step
+
+    return accountant_step(args)
+
+
+CLIENT_STEPS.register(
+    "local_dp", StepEntry(_local_dp_step, position=30), settings="fedml.core.privacy.settings:DPArgs"
+)
+SERVER_STEPS.register("central_dp", StepEntry(_central_dp_step, position=30))
+SERVER_STEPS.register("dp_accountant", StepEntry(_accountant_step, position=90))
 
 __all__ = [
     "CLIENT_STEPS",
