@@ -32,6 +32,25 @@ _OPACUS_PARAM_ATTRS = (
 """Attributes Opacus sets on parameters; removed after training so the shared model is a plain module."""
 
 
+def poisson_schedule(num_samples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """Return DP-SGD's ``(sample_rate, steps)`` for a client: ``min(1, B / n)`` and ``epochs * ceil(n / B)``.
+
+    ``DPSGDTrainer`` trains with exactly these, so a noise multiplier calibrated from them for a target
+    epsilon is the one the accountant later composes. A client without samples takes no step.
+
+    Examples
+    --------
+    >>> poisson_schedule(50, 8, 2)
+    (0.16, 14)
+    >>> poisson_schedule(5, 8, 3)
+    (1.0, 3)
+
+    """
+    if num_samples == 0:
+        return 0.0, 0
+    return min(1.0, batch_size / num_samples), epochs * math.ceil(num_samples / batch_size)
+
+
 def _opacus() -> Any:
     try:
         import opacus  # type: ignore[import-untyped]
@@ -87,7 +106,9 @@ class DPSGDTrainer(ClientTrainer):
     Notes
     -----
     Momentum and Adam's moments start fresh every round, as in ``ClientTrainer``. The noise generator
-    lives on the training device, so a seeded run reproduces on the same kind of device.
+    lives on the training device, so a seeded run reproduces on the same kind of device. Unseeded noise
+    comes from torch's generator seeded by ``secrets``, not from a cryptographic generator (Opacus's
+    ``torchcsprng`` is unmaintained); ``secure_mode`` guards against the known attacks on the floats.
 
     """
 
@@ -155,12 +176,14 @@ class DPSGDTrainer(ClientTrainer):
 
         """
         n = len(train_data)
+        batch_size = args.batch_size
+        sample_rate, num_steps = poisson_schedule(n, batch_size, args.epochs)
         if n == 0:
             return {
                 "train_loss": float("nan"),
                 "num_samples": 0,
-                "num_steps": 0,
-                "dp_sample_rate": 0.0,
+                "num_steps": num_steps,
+                "dp_sample_rate": sample_rate,
                 "dp_noise_multiplier": 0.0,
             }
         noise_multiplier = float(self.noise_multiplier_for(n))
@@ -169,15 +192,12 @@ class DPSGDTrainer(ClientTrainer):
                 f"dpsgd: the noise multiplier for client {self.id} ({n} samples) must be a non-negative "
                 f"number, got {noise_multiplier!r}"
             )
-        batch_size = args.batch_size
-        steps_per_epoch = math.ceil(n / batch_size)
-        sample_rate = min(1.0, batch_size / n)
         model = self.model
         if any(p.device != device for p in model.parameters()):
             model.to(device)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        sampling_generator, noise_generator = self._generators(device)
+        sampling_generator, noise_generator = self._generators(args.random_seed, device)
         opacus = _opacus()
         grad_sample_module = opacus.GradSampleModule(model, loss_reduction="sum", strict=True)
         try:
@@ -191,13 +211,18 @@ class DPSGDTrainer(ClientTrainer):
                 secure_mode=not self.seeded,
             )
             sampler = opacus.utils.uniform_sampler.UniformWithReplacementSampler(
-                num_samples=n, sample_rate=sample_rate, generator=sampling_generator, steps=steps_per_epoch
+                num_samples=n,
+                sample_rate=sample_rate,
+                generator=sampling_generator,
+                steps=math.ceil(n / batch_size),
             )
             with warnings.catch_warnings():
                 # Opacus's backward hooks fire on module outputs because the inputs need no gradient;
                 # torch warns about that, and it is what per-sample gradients need.
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                loss_sum, seen = self._epochs(grad_sample_module, optimizer, sampler, train_data, device)
+                loss_sum, seen = self._epochs(
+                    grad_sample_module, optimizer, sampler, args.epochs, train_data, device
+                )
         finally:
             grad_sample_module.cleanup()
             for p in model.parameters():
@@ -208,7 +233,7 @@ class DPSGDTrainer(ClientTrainer):
         return {
             "train_loss": loss_sum / seen if seen else float("nan"),
             "num_samples": n,
-            "num_steps": args.epochs * steps_per_epoch,
+            "num_steps": num_steps,
             "dp_sample_rate": sample_rate,
             "dp_noise_multiplier": noise_multiplier,
         }
@@ -218,15 +243,16 @@ class DPSGDTrainer(ClientTrainer):
         grad_sample_module: nn.Module,
         optimizer: Any,
         sampler: Iterable[list[int]],
+        epochs: int,
         train_data: ClientData,
         device: torch.device,
     ) -> tuple[float, int]:
-        """Run ``args.epochs`` passes of the sampler's steps; return the loss total and the samples drawn."""
+        """Run ``epochs`` passes of the sampler's steps; return the loss total and the samples drawn."""
         named = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         params = list(named.values())
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for _ in range(self.args.epochs):
+        for _ in range(epochs):
             for chosen in sampler:
                 optimizer.zero_grad(set_to_none=True)
                 batch = len(chosen)
@@ -261,10 +287,10 @@ class DPSGDTrainer(ClientTrainer):
         # One conversion at the end instead of a host sync per step.
         return float(loss_sum), seen
 
-    def _generators(self, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    def _generators(self, seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
         """Return the Poisson-sampling generator (CPU, as Opacus's sampler draws) and the noise generator."""
         if self.seeded:
-            sampling = client_generator(self.args.random_seed ^ DPSGD_STREAM, self.round_idx, self.id)
+            sampling = client_generator(seed ^ DPSGD_STREAM, self.round_idx, self.id)
             noise_seed = int(torch.randint(2**62, (1,), generator=sampling))
         else:
             sampling = torch.Generator().manual_seed(secrets.randbits(63))

@@ -2,6 +2,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
@@ -84,6 +86,27 @@ def test_each_sample_is_clipped_before_averaging(make_args, quantile):
     assert not all(torch.allclose(applied[k], batch_clipped[k], atol=1e-4) for k in expected)
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 12),
+    scale=st.floats(0.01, 100.0),
+    clip=st.floats(0.01, 10.0),
+    seed=st.integers(0, 2**16),
+)
+def test_a_step_without_noise_moves_at_most_the_clipping_norm(make_args, n, scale, clip, seed):
+    # The step is a mean of vectors of norm <= C, whatever the data and however large its gradients.
+    data = blobs(n, seed=seed)
+    data.x.mul_(scale)
+    model = linear(seed=seed)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    args = plain_sgd(make_args, batch_size=16)
+
+    dp_trainer(model, args, clip=clip).train(data, CPU, args)
+
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert float((after - before).norm()) <= clip * (1 + 1e-5)
+
+
 @pytest.mark.parametrize("batch_size", [1, 10])
 def test_noise_std_matches_the_formula(make_args, batch_size):
     # Zero inputs and no bias: every per-sample gradient is zero, so the steps are the noise alone. With
@@ -105,11 +128,12 @@ def test_noise_std_matches_the_formula(make_args, batch_size):
 
 
 def test_seeded_runs_repeat_and_unseeded_runs_differ(make_args):
-    data = blobs(60)
-    args = make_args(epochs=2, batch_size=8, learning_rate=0.1, random_seed=7)
+    data = blobs(30)
+    args_for = {b: make_args(batch_size=b, learning_rate=0.1, random_seed=7) for b in (6, 30)}
 
-    def run(seeded: bool, client: int = 0, round_idx: int = 0) -> dict[str, torch.Tensor]:
-        trainer = dp_trainer(mlp(), args, sigma=0.8, seeded=seeded)
+    def run(seeded: bool, sigma: float = 0.8, batch_size: int = 6, client: int = 0, round_idx: int = 0):
+        args = args_for[batch_size]
+        trainer = dp_trainer(mlp(), args, sigma=sigma, seeded=seeded)
         trainer.set_id(client)
         trainer.set_round(round_idx)
         trainer.train(data, CPU, args)
@@ -123,6 +147,10 @@ def test_seeded_runs_repeat_and_unseeded_runs_differ(make_args):
     assert not same(first, run(True, client=1))
     assert not same(first, run(True, round_idx=1))
     assert not same(run(False), run(False))
+    # Each source on its own: the noise with every sample in every batch, the sampling without noise.
+    assert not same(run(False, batch_size=30), run(False, batch_size=30))
+    assert not same(run(False, sigma=0.0), run(False, sigma=0.0))
+    assert same(run(True, sigma=0.0), run(True, sigma=0.0))
 
 
 @pytest.mark.parametrize(("n", "batch_size", "epochs"), [(50, 8, 2), (5, 8, 3), (23, 1, 1)])
