@@ -341,3 +341,39 @@ def test_every_message_survives_the_codec():
     share = next(r.message for r in transcript.to_server if r.stage == SHARE)
     parsed = ShareKeys.from_message(share)
     assert parsed.payload()[0] == share.metadata
+
+
+def test_a_client_refuses_a_neighbourhood_the_settings_do_not_give():
+    server, clients = start_round()
+    request = server.requests()["client-0"]
+    shrunk = type(request)(0, request.session, "client-0", request.clients, request.neighbours[:1])
+    with pytest.raises(SecAggError, match="client client-0 was given 1 neighbours"):
+        clients["client-0"].advertise(shrunk)
+
+
+def test_a_client_refuses_survivors_below_the_threshold():
+    vectors, weights = inputs(4)
+    server, clients = start_round()
+    for _ in range(3):
+        for c, request in server.requests().items():
+            clients[c].set_input(vectors[c], weights[c])
+            server.receive(
+                wire(clients[c].respond(wire(request.to_message("server", c))).to_message(c, "server"))
+            )
+        server.close_stage()
+    unmask = server.requests()["client-0"]
+    with pytest.raises(SecAggError, match="below the threshold 3"):
+        clients["client-0"].unmask(type(unmask)(0, unmask.session, "client-0", ("client-0", "client-1")))
+
+
+def test_the_masked_stage_needs_an_input():
+    server, clients = start_round(n=2)
+    for _ in range(2):
+        for c, request in server.requests().items():
+            server.receive(
+                wire(clients[c].respond(wire(request.to_message("server", c))).to_message(c, "server"))
+            )
+        server.close_stage()
+    request = server.requests()["client-0"]
+    with pytest.raises(SecAggError, match="no input to mask"):
+        clients["client-0"].respond(wire(request.to_message("server", "client-0")))

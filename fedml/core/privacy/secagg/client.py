@@ -229,7 +229,7 @@ class SecAggClient:
             values, self_mask_key(self._secrets.pop("seed"), self._session, self.round_idx, self.client_id), 1
         )
         for peer in senders:
-            secret = crypto.agree(self._mask.private, self._peer_keys[peer][1], peer)
+            secret = crypto.agree(self._mask.key or self._mask.private, self._peer_keys[peer][1], peer)
             key = pairwise_key(secret, self._session, self.round_idx, self.client_id, peer)
             crypto.add_mask(values, key, 1 if self.client_id < peer else -1)
         return MaskedInput(self.round_idx, self._session, self.client_id, values.view(np.int64))
@@ -289,7 +289,8 @@ class SecAggClient:
     def _agree_cipher(self, peer: str) -> bytes:
         # The same agreed secret seals the client's shares for ``peer`` and opens ``peer``'s for it.
         if peer not in self._agreed:
-            self._agreed[peer] = crypto.agree(self._cipher.private, self._peer_keys[peer][0], peer)
+            private = self._cipher.key or self._cipher.private
+            self._agreed[peer] = crypto.agree(private, self._peer_keys[peer][0], peer)
         return self._agreed[peer]
 
 

@@ -55,25 +55,30 @@ def random_source(rng: np.random.Generator | None) -> RandomBytes:
 
 @dataclass(frozen=True)
 class KeyPair:
-    """An X25519 key pair as raw 32-byte strings."""
+    """An X25519 key pair: the raw 32-byte keys, and the private key parsed once for agreements."""
 
     private: bytes
     public: bytes
+    key: X25519PrivateKey | None = None
 
 
 def generate_keypair(random_bytes: RandomBytes) -> KeyPair:
     """Return a fresh X25519 key pair drawn from ``random_bytes``."""
     private = X25519PrivateKey.from_private_bytes(random_bytes(KEY_BYTES))
-    return KeyPair(private.private_bytes_raw(), private.public_key().public_bytes_raw())
+    return KeyPair(private.private_bytes_raw(), private.public_key().public_bytes_raw(), private)
 
 
-def public_key_of(private: bytes) -> bytes:
-    """Return the X25519 public key of a raw private key (to check a reconstructed key)."""
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+def parse_private(private: bytes) -> tuple[X25519PrivateKey, bytes]:
+    """Return a raw X25519 private key parsed, and its public key (to check a reconstructed key)."""
+    key = X25519PrivateKey.from_private_bytes(private)
+    return key, key.public_key().public_bytes_raw()
 
 
-def agree(private: bytes, public: bytes, peer: str) -> bytes:
+def agree(private: bytes | X25519PrivateKey, public: bytes, peer: str) -> bytes:
     """Return the X25519 shared secret of ``private`` and ``peer``'s ``public`` key.
+
+    Pass the parsed key (``KeyPair.key``) where one private key agrees with many peers: parsing a raw
+    key costs as much as the agreement itself.
 
     Raises
     ------
@@ -81,10 +86,9 @@ def agree(private: bytes, public: bytes, peer: str) -> bytes:
         If the public key is malformed or of low order (the agreed secret would be all zeros).
 
     """
+    key = private if isinstance(private, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(private)
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
+        return key.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError as exc:
         raise SecAggError(f"secure aggregation: client {peer} sent an invalid public key ({exc})") from exc
 

@@ -233,8 +233,8 @@ class SecAggServer:
             partners = [p for p in self.neighbours[client] if p in masked]
             if not partners:
                 continue
-            private = self._rebuild(client, answered, "key")
-            if crypto.public_key_of(private) != bytes(self._keys[client].keys[1]):
+            private, public = crypto.parse_private(self._rebuild(client, answered, "key"))
+            if public != bytes(self._keys[client].keys[1]):
                 raise SecAggError(
                     f"secure aggregation: the masking key rebuilt for dropped client {client} does not "
                     "match its public key (a holder sent a wrong share)"
