@@ -377,3 +377,14 @@ def test_the_masked_stage_needs_an_input():
     request = server.requests()["client-0"]
     with pytest.raises(SecAggError, match="no input to mask"):
         clients["client-0"].respond(wire(request.to_message("server", "client-0")))
+
+
+def test_a_failed_round_requests_nothing_more():
+    server, clients = start_round(n=5)
+    _, replies = advertise(server, clients)
+    server.receive(replies["client-0"])
+    server.receive(replies["client-1"])
+    with pytest.raises(SecAggError, match=r"2 of 5 clients left .*below the threshold 3"):
+        server.close_stage()
+    with pytest.raises(SecAggError, match="has failed"):
+        server.requests()

@@ -106,6 +106,7 @@ class SecAggServer:
         self._masked: dict[str, np.ndarray] = {}
         self._unmask: dict[str, UnmaskShares] = {}
         self._length: int | None = None
+        self._failed = False
 
     @property
     def stage(self) -> str | None:
@@ -117,8 +118,19 @@ class SecAggServer:
         return self.survivors[-1] if self.survivors else frozenset(self.client_ids)
 
     def requests(self) -> dict[str, SecAggMessage]:
-        """Return the current stage's request for each client still in the round, by client id."""
+        """Return the current stage's request for each client still in the round, by client id.
+
+        Raises
+        ------
+        SecAggError
+            If the round is over or has failed.
+
+        """
         stage, alive = self.stage, self.alive()
+        if self._failed:
+            raise SecAggError(
+                f"secure aggregation: round {self.round_idx} has failed; it requests nothing more"
+            )
         head = (self.round_idx, self.session)
         out: dict[str, SecAggMessage] = {}
         for client in sorted(alive):
@@ -180,7 +192,21 @@ class SecAggServer:
 
         """
         stage, replies = self.stage, self._replies
+        if stage is None or self._failed:
+            raise SecAggError(f"secure aggregation: round {self.round_idx} has no open stage to close")
+        try:
+            alive = self._close(stage, replies)
+        except SecAggError:
+            # Fail closed: a failed round requests nothing more, so no share is revealed after it.
+            self._failed = True
+            raise
+        self.survivors.append(alive)
+        self._replies = {}
+        self._next += 1
+
+    def _close(self, stage: str, replies: dict[str, SecAggMessage]) -> frozenset[str]:
         alive = frozenset(replies)
+        self._require(len(alive), stage)
         if stage == ADVERTISE:
             self._keys = {c: r for c, r in replies.items() if isinstance(r, AdvertiseKeys)}
             alive = self._viable(alive)
@@ -198,9 +224,7 @@ class SecAggServer:
             self._unmask = {c: r for c, r in replies.items() if isinstance(r, UnmaskShares)}
             self._check_recoverable(alive, stage)
         self._require(len(alive), stage)
-        self.survivors.append(alive)
-        self._replies = {}
-        self._next += 1
+        return alive
 
     def collect(self, replies: Iterable[Message]) -> None:
         """``receive`` every reply, then ``close_stage``."""
@@ -291,8 +315,8 @@ class SecAggServer:
         if count < self.threshold:
             raise SecAggError(
                 f"secure aggregation: round {self.round_idx} fails at {stage}: {count} of "
-                f"{len(self.client_ids)} clients left, below the threshold {self.threshold}; "
-                "nothing about individual inputs was revealed"
+                f"{len(self.client_ids)} clients left (with enough live holders), below the threshold "
+                f"{self.threshold}; nothing about individual inputs was revealed"
             )
 
     def _rebuild(self, client: str, answered: frozenset[str], kind: str) -> bytes:
