@@ -289,7 +289,7 @@ def test_a_client_not_in_the_round_fails():
     intruder = SecAggClient("intruder", ARGS, 0)
     request = server.requests()["client-0"]
     keys = intruder.advertise(
-        type(request)(0, request.session, "intruder", request.clients, request.neighbours)
+        type(request)(0, request.session, "intruder", request.clients, request.terms, request.neighbours)
     )
     with pytest.raises(SecAggError, match="client intruder: the client is not in round 0"):
         server.receive(wire(keys.to_message("intruder", "server")))
@@ -346,7 +346,9 @@ def test_every_message_survives_the_codec():
 def test_a_client_refuses_a_neighbourhood_the_settings_do_not_give():
     server, clients = start_round()
     request = server.requests()["client-0"]
-    shrunk = type(request)(0, request.session, "client-0", request.clients, request.neighbours[:1])
+    shrunk = type(request)(
+        0, request.session, "client-0", request.clients, request.terms, request.neighbours[:1]
+    )
     with pytest.raises(SecAggError, match="client client-0 was given 1 neighbours"):
         clients["client-0"].advertise(shrunk)
 
@@ -388,3 +390,10 @@ def test_a_failed_round_requests_nothing_more():
         server.close_stage()
     with pytest.raises(SecAggError, match="has failed"):
         server.requests()
+
+
+def test_a_client_with_other_settings_refuses_the_round():
+    server, _ = start_round()
+    other = SecAggClient("client-0", SecAggArgs(sa_bit_width=16), 0)
+    with pytest.raises(SecAggError, match="disagree on the round's terms"):
+        other.advertise(server.requests()["client-0"])

@@ -63,6 +63,19 @@ def self_mask_key(seed: bytes, session: bytes, round_idx: int, client: str) -> b
     return crypto.derive_key(seed, session, "fedml-secagg/self-mask", [round_idx, client])
 
 
+def terms(settings: SecAggArgs, clients: int) -> str:
+    """Return what both sides must agree on for a round of ``clients``: method, degree, threshold, encoding.
+
+    A client whose settings differ from the server's would share with another threshold or quantize
+    on another scale, and the sum would come out wrong without any error; comparing these first
+    turns that into a clear one.
+    """
+    return (
+        f"{settings.sa_method} k={settings.degree(clients)} t={settings.threshold(clients)} "
+        f"bits={settings.sa_bit_width} clip={settings.sa_clip_range!r} max_weight={settings.sa_max_weight!r}"
+    )
+
+
 def holders_of(client: str, neighbours: Sequence[str]) -> tuple[str, ...]:
     """Return who holds ``client``'s shares, sorted; holder ``i`` has the Shamir point ``i + 1``."""
     return tuple(sorted({client, *neighbours}))
@@ -103,7 +116,7 @@ class SecAggClient:
         self._cipher = crypto.KeyPair(b"", b"")
         self._mask = crypto.KeyPair(b"", b"")
         self._peer_keys: dict[str, tuple[bytes, bytes]] = {}
-        self._secrets: dict[str, bytes] = {}
+        self._seed = b""
         self._agreed: dict[str, bytes] = {}
         self._shares: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._sharers: tuple[str, ...] = ()
@@ -159,6 +172,11 @@ class SecAggClient:
             )
         self._session = request.session
         self._threshold = self.settings.threshold(request.clients)
+        if request.terms != terms(self.settings, request.clients):
+            raise SecAggError(
+                f"secure aggregation: client {self.client_id} and the server disagree on the round's "
+                f"terms ({terms(self.settings, request.clients)} here, {request.terms} there)"
+            )
         self._holders = holders_of(self.client_id, neighbours)
         self._cipher = crypto.generate_keypair(self._random)
         self._mask = crypto.generate_keypair(self._random)
@@ -198,7 +216,7 @@ class SecAggClient:
             )
         own = position[self.client_id]
         self._shares = {self.client_id: (key_shares[own], mask_shares[own])}
-        self._secrets = {"seed": seed}
+        self._seed = seed
         return ShareKeys(self.round_idx, self._session, self.client_id, tuple(peers), sealed)
 
     def masked_input(self, request: MaskedRequest, vector: torch.Tensor, weight: float) -> MaskedInput:
@@ -225,9 +243,7 @@ class SecAggClient:
         values = field.quantize(
             vector, weight, settings.sa_clip_range, settings.sa_bit_width, settings.sa_max_weight
         )
-        crypto.add_mask(
-            values, self_mask_key(self._secrets.pop("seed"), self._session, self.round_idx, self.client_id), 1
-        )
+        crypto.add_mask(values, self_mask_key(self._seed, self._session, self.round_idx, self.client_id), 1)
         for peer in senders:
             secret = crypto.agree(self._mask.key or self._mask.private, self._peer_keys[peer][1], peer)
             key = pairwise_key(secret, self._session, self.round_idx, self.client_id, peer)

@@ -111,6 +111,11 @@ class SecAggMessage:
             if not isinstance(ids, list):
                 raise SecAggError(f"secure aggregation: {where} lacks the list {name!r}")
             return tuple(_client(i, where) for i in ids)
+        if kinds == "str":
+            text = message.metadata.get(name)
+            if not isinstance(text, str):
+                raise SecAggError(f"secure aggregation: {where} lacks the text {name!r}")
+            return text
         if kinds == "int":
             value = message.metadata.get(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -127,11 +132,12 @@ class SecAggMessage:
 
 @dataclass(frozen=True, eq=False)
 class AdvertiseRequest(SecAggMessage):
-    """Server -> client: start the round; ``clients`` take part and these are the client's neighbours."""
+    """Server -> client: start the round; ``clients`` take part, on these ``terms``, with these neighbours."""
 
     stage = ADVERTISE
     kind = REQUEST_KIND
     clients: int
+    terms: str
     neighbours: tuple[str, ...]
 
 
@@ -239,6 +245,7 @@ class UnmaskShares(SecAggMessage):
 
 _FIELDS: dict[str, Any] = {
     "clients": "int",
+    "terms": "str",
     "neighbours": "ids",
     "peers": "ids",
     "receivers": "ids",

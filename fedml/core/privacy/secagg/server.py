@@ -18,7 +18,7 @@ import torch
 
 from fedml.core.comm.message import Message
 from fedml.core.privacy.secagg import crypto, field, shamir
-from fedml.core.privacy.secagg.client import holders_of, pairwise_key, self_mask_key
+from fedml.core.privacy.secagg.client import holders_of, pairwise_key, self_mask_key, terms
 from fedml.core.privacy.secagg.crypto import KEY_BYTES
 from fedml.core.privacy.secagg.graph import neighbour_graph
 from fedml.core.privacy.secagg.messages import (
@@ -89,6 +89,7 @@ class SecAggServer:
         self.round_idx = round_idx
         self.client_ids = ids
         self.threshold = settings.threshold(len(ids))
+        self.terms = terms(settings, len(ids))
         random_bytes = crypto.random_source(rng)
         self.session = random_bytes(_SESSION_BYTES)
         if settings.degree(len(ids)) >= len(ids) - 1:
@@ -136,7 +137,9 @@ class SecAggServer:
         for client in sorted(alive):
             peers = tuple(p for p in self.neighbours[client] if p in alive)
             if stage == ADVERTISE:
-                out[client] = AdvertiseRequest(*head, client, len(self.client_ids), self.neighbours[client])
+                out[client] = AdvertiseRequest(
+                    *head, client, len(self.client_ids), self.terms, self.neighbours[client]
+                )
             elif stage == SHARE:
                 keys = (
                     np.stack([self._keys[p].keys for p in peers])
