@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fedml.core.algorithms import create_algorithm
+from fedml.core.privacy.dpsgd import dpsgd_trainer
 from fedml.core.round import FederatedRound, LocalBackend
 from fedml.core.steps import build_steps
 from fedml.errors import ConfigError
@@ -69,12 +70,19 @@ class Simulator:
         self.adopt_dataset_size()
         self.model = model.to(device)
         self.custom_trainer = client_trainer is not None
-        self.trainer = client_trainer or ClientTrainer(model, args)
+        private = dpsgd_trainer(model, args, self.custom_trainer)
+        self.trainer = client_trainer or private or ClientTrainer(model, args)
         self.aggregator = server_aggregator or ServerAggregator(model, args)
         self.algorithm = create_algorithm(args)
         self.steps = build_steps(args)
         self.engine, objective = choose_engine(
-            args, device, model, self.algorithm, dataset, custom_trainer=self.custom_trainer
+            args,
+            device,
+            model,
+            self.algorithm,
+            dataset,
+            custom_trainer=self.custom_trainer,
+            sequential_reason="dp_args dpsgd trains each client with Opacus" if private else None,
         )
         self.batch_trainer = None
         if objective is not None:

@@ -33,10 +33,12 @@ def choose_engine(
     algorithm: Algorithm,
     dataset: ClientDataset,
     custom_trainer: bool,
+    sequential_reason: str | None = None,
 ) -> tuple[str, LocalObjective | None]:
     """Return ``("sequential" | "vectorized", objective)`` for this run and log the choice in one line.
 
-    ``vectorized`` needs the default ``ClientTrainer``, an algorithm with a ``local_objective()``, SGD,
+    ``vectorized`` needs the default ``ClientTrainer`` (``sequential_reason`` says why another trainer is
+    used), an algorithm with a ``local_objective()``, SGD,
     and a model without in-place buffers or random layers that ``vmap`` can run; otherwise the run is
     sequential. ``auto`` picks vectorized when it is possible and either the device is a GPU or there are
     at least ``AUTO_MIN_CLIENTS`` clients per round and at most ``AUTO_MAX_PARAMS`` trainable parameters
@@ -58,7 +60,7 @@ def choose_engine(
         return "sequential", None
     local_objective = getattr(algorithm, "local_objective", None)
     objective = local_objective() if callable(local_objective) else None
-    reason = "a custom ClientTrainer is used" if custom_trainer else None
+    reason = "a custom ClientTrainer is used" if custom_trainer else sequential_reason
     reason = reason or unsupported_reason(model, args, objective)
     if reason is None and objective is not None:
         reason = probe(model.to(device), _first_input(dataset).to(device), objective)

@@ -32,7 +32,10 @@ def last_epsilon(runs):
     return json.loads(records[-1])["epsilon"]
 
 
-@pytest.mark.parametrize("extra", [LDP, CDP], ids=["ldp", "cdp"])
+DPSGD = ["enable_dp=true", "dp_solution_type=dpsgd", "noise_multiplier=1.0", "comm_round=2"]
+
+
+@pytest.mark.parametrize("extra", [LDP, CDP, DPSGD], ids=["ldp", "cdp", "dpsgd"])
 def test_dp_under_mpi_gives_the_sp_model_and_epsilon(tmp_path, extra):
     reference = sp_run(tmp_path, extra)
     done, _ = mpirun(3, MPI_EXAMPLE, tmp_path, *extra)

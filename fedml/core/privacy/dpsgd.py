@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from fedml.core.privacy.accountant import require_opacus
 from fedml.core.sampling import client_generator
 from fedml.errors import PrivacyError
 from fedml.ml.trainer import ClientTrainer
@@ -52,16 +53,12 @@ def poisson_schedule(num_samples: int, batch_size: int, epochs: int) -> tuple[fl
 
 
 def _opacus() -> Any:
-    try:
-        import opacus  # type: ignore[import-untyped]
-        import opacus.optimizers  # type: ignore[import-untyped]
-        import opacus.utils.uniform_sampler  # type: ignore[import-untyped]
-        import opacus.validators  # type: ignore[import-untyped]
-    except ImportError as exc:
-        raise ImportError(
-            "dp_solution_type 'dpsgd' needs the 'opacus' package, which is not installed; "
-            'install it with: pip install "fedml[privacy]"'
-        ) from exc
+    require_opacus()
+    import opacus
+    import opacus.optimizers
+    import opacus.utils.uniform_sampler
+    import opacus.validators
+
     return opacus
 
 
@@ -305,3 +302,32 @@ class DPSGDTrainer(ClientTrainer):
         return torch.optim.SGD(
             params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay
         )
+
+
+def dpsgd_trainer(model: nn.Module, args: Any, custom_trainer: bool) -> DPSGDTrainer | None:
+    """Return the run's DP-SGD trainer when ``dp_args`` asks for ``dpsgd``, else ``None``.
+
+    Raises
+    ------
+    PrivacyError
+        If the run also has a custom ``ClientTrainer`` (DP-SGD replaces the training loop, so a user's
+        loop cannot be made private behind its back), or if Opacus cannot handle the model.
+
+    """
+    from fedml.core.privacy.settings import privacy_plan
+
+    plan = privacy_plan(args)
+    if plan is None or plan.mode != "dpsgd":
+        return None
+    if custom_trainer:
+        raise PrivacyError(
+            "dp_args.dp_solution_type dpsgd trains every client with its own Opacus loop, so it cannot "
+            "wrap a custom ClientTrainer; drop client_trainer, or use ldp or cdp"
+        )
+    return DPSGDTrainer(
+        model,
+        args,
+        clipping_norm=plan.clipping_norm,
+        noise_multiplier_for=plan.dpsgd_noise,
+        seeded=plan.seeded,
+    )

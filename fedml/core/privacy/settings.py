@@ -17,6 +17,7 @@ from pydantic import Field
 
 from fedml.config.sections import ComponentSettings, read_settings
 from fedml.core.privacy.accountant import AccountantName, calibrate_noise, epsilon, require_opacus
+from fedml.core.privacy.dpsgd import poisson_schedule
 from fedml.errors import PrivacyError
 
 DPMode = Literal["ldp", "cdp", "dpsgd"]
@@ -126,14 +127,10 @@ class PrivacyPlan:
         """
         if self.target_epsilon is None:
             return self.noise_multiplier
-        rate, steps = dpsgd_mechanism(samples, self.batch_size, self.epochs)
+        rate, steps = poisson_schedule(samples, self.batch_size, self.epochs)
+        if steps == 0:
+            return 0.0  # a client without samples releases nothing
         return _calibrated(self.target_epsilon, self.delta, rate, steps * self.comm_round, self.accountant)
-
-
-def dpsgd_mechanism(samples: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    """Return ``(sample_rate, steps)`` of one round of DP-SGD on ``samples`` samples (Poisson batches)."""
-    n = max(int(samples), 1)
-    return min(1.0, batch_size / n), epochs * math.ceil(n / batch_size)
 
 
 def privacy_plan(args: Any) -> PrivacyPlan | None:

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 import fedml
 from fedml.core.algorithms import RoundContext, Update
-from fedml.core.privacy.accountant import calibrate_noise, epsilon
+from fedml.core.privacy.accountant import RDP_ORDERS, calibrate_noise, epsilon
 from fedml.core.privacy.dp import clipped, delta_of, global_norm, noise_for_quantile_query
+from fedml.core.privacy.dpsgd import poisson_schedule
 from fedml.core.privacy.settings import privacy_plan
 from fedml.core.privacy.steps import CentralDP, LocalDP, PrivacyAccountant
 from fedml.core.steps import build_steps, check_compatibility
@@ -120,12 +121,11 @@ GRID = [
 
 def test_the_reported_epsilon_is_the_reference_accountants_on_a_grid(caplog):
     from dp_accounting import dp_event, rdp
-    from opacus.accountants.rdp import RDPAccountant
 
     compared = 0
     for z, q, steps, delta in GRID:
         caplog.clear()
-        reference = rdp.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+        reference = rdp.RdpAccountant(orders=list(RDP_ORDERS))
         reference.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(z)), steps)
         expected = reference.get_epsilon(delta)
         ours = epsilon([(z, q, steps)], delta)
@@ -323,3 +323,30 @@ def test_local_dp_describes_itself(make_args):
     assert step.describe() == (
         "Local DP: each client clips its delta to 2 and adds Gaussian noise of std 1 (noise multiplier 0.5)"
     )
+
+
+def test_dpsgd_is_accounted_per_client_from_what_each_trainer_reports(make_args):
+    args = make_args(**{**SMALL, "comm_round": 2}, **dp("dpsgd", noise_multiplier=1.2))
+    dataset, output_dim = fedml.data.load(args)
+    result = fedml.FedMLRunner(args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim)).run()
+    assert result.engine == "sequential"
+    worst = 0.0
+    for client in range(10):
+        rate, steps = poisson_schedule(dataset.local_sample_num(client), args.batch_size, args.epochs)
+        worst = max(worst, epsilon([(1.2, rate, 2 * steps)], 1e-5))
+    assert result.final_metrics["epsilon"] == pytest.approx(worst)
+
+
+def test_dpsgd_calibrates_each_client_for_the_target_epsilon(make_args):
+    result = run(make_args(**{**SMALL, "comm_round": 2}, **dp("dpsgd", epsilon=6.0)))
+    assert 5.4 <= result.final_metrics["epsilon"] <= 6.0
+
+
+def test_dpsgd_refuses_a_custom_trainer(make_args):
+    args = make_args(**SMALL, **dp("dpsgd", noise_multiplier=1.0))
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    with pytest.raises(PrivacyError, match="cannot wrap a custom ClientTrainer"):
+        fedml.FedMLRunner(
+            args, torch.device("cpu"), dataset, model, client_trainer=fedml.ClientTrainer(model, args)
+        ).run()
