@@ -38,8 +38,12 @@ def test_initialisation_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_unknown_model_lists_the_valid_names():
-    with pytest.raises(ConfigError, match="unknown model 'resnet'; valid: cnn, lr, mlp"):
-        make("resnet")
+    valid = "cnn, lr, mlp, mobilenet_v2, resnet18, resnet20, rnn, transformer_tiny"
+    hint = "did you mean resnet20\\?"
+    with pytest.raises(ConfigError, match=f"unknown model 'resnet50'; {hint}; valid: {valid}$"):
+        make("resnet50")
+    with pytest.raises(ConfigError, match=f"unknown model 'vgg'; valid: {valid}$"):
+        make("vgg")
 
 
 def test_registered_models_are_creatable(monkeypatch):
