@@ -15,6 +15,15 @@ class CharLSTM(nn.Module):
     PyTorch's two bias vectors per LSTM layer it has 819,920 parameters for 80 characters (LEAF's
     TensorFlow cell, with one bias, has 817,872).
 
+    Parameters
+    ----------
+    input_shape
+        ``(sequence length,)``; any length works, the prediction is read at the last step.
+    output_dim
+        Vocabulary size, read and predicted.
+    embedding_dim, hidden, layers
+        Embedding width, LSTM units per layer and LSTM layers (LEAF: 8, 256, 2).
+
     Notes
     -----
     ``torch.func.vmap`` has no batching rule for the fused LSTM kernel, so this model trains in the
