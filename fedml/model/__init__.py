@@ -1,5 +1,7 @@
 """Models: a registry of named architectures and ``create(args, output_dim)``.
 
+``docs/models.md`` lists every model with its input, output, parameter count and engine.
+
 Examples
 --------
 >>> from types import SimpleNamespace
@@ -18,8 +20,11 @@ import torch
 from torch import nn
 
 from fedml.core.registry import Registry
-from fedml.model.cnn import CNN
+from fedml.model.cnn import CNN, CifarCNN, cnn
 from fedml.model.linear import MLP, LogisticRegression
+from fedml.model.resnet import ResNet, resnet18, resnet20
+from fedml.model.rnn import CharLSTM
+from fedml.model.transformer import TinyTransformer
 
 ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
 """Builds a model from the input shape of one sample and the number of outputs."""
@@ -62,14 +67,24 @@ def create(args: Any, output_dim: int, input_shape: tuple[int, ...] | None = Non
 
 register_model("lr", LogisticRegression)
 register_model("mlp", MLP)
-register_model("cnn", CNN)
+register_model("cnn", cnn)
+register_model("resnet18", resnet18)
+register_model("resnet20", resnet20)
+# Imported on first use: torchvision takes a while to import and only this model needs it.
+MODELS.register("mobilenet_v2", "fedml.model.mobilenet:mobilenet_v2", replace=True)
+register_model("rnn", CharLSTM)
+register_model("transformer_tiny", TinyTransformer)
 
 __all__ = [
     "CNN",
     "MLP",
     "MODELS",
+    "CharLSTM",
+    "CifarCNN",
     "LogisticRegression",
     "ModelFactory",
+    "ResNet",
+    "TinyTransformer",
     "create",
     "model_names",
     "register_model",

@@ -1,3 +1,4 @@
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -38,8 +39,12 @@ def test_initialisation_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_unknown_model_lists_the_valid_names():
-    with pytest.raises(ConfigError, match="unknown model 'resnet'; valid: cnn, lr, mlp"):
-        make("resnet")
+    valid = "cnn, lr, mlp, mobilenet_v2, resnet18, resnet20, rnn, transformer_tiny"
+    hint = "did you mean resnet20\\?"
+    with pytest.raises(ConfigError, match=f"unknown model 'resnet50'; {hint}; valid: {valid}$"):
+        make("resnet50")
+    with pytest.raises(ConfigError, match=f"unknown model 'vgg'; valid: {valid}$"):
+        make("vgg")
 
 
 def test_registered_models_are_creatable(monkeypatch):
@@ -47,3 +52,16 @@ def test_registered_models_are_creatable(monkeypatch):
     fedml.model.register_model("tiny", lambda shape, out: torch.nn.Linear(28 * 28, out))
     assert "tiny" in fedml.model.model_names()
     assert isinstance(make("tiny"), torch.nn.Linear)
+
+
+def test_the_models_doc_lists_every_model_with_its_parameter_count():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| \(([\d, ]+)\) (float|int64)[^|]*\| (\d+) \| ([\d,]+) \|", text, re.M)
+    assert {name for name, *_ in rows} == set(fedml.model.model_names())
+    for name, shape, _, output_dim, documented in rows:
+        args = SimpleNamespace(model=name, dataset="unused", random_seed=0)
+        input_shape = tuple(int(d) for d in shape.split(",") if d.strip())
+        model = fedml.model.create(args, int(output_dim), input_shape=input_shape)
+        assert sum(p.numel() for p in model.parameters()) == int(documented.replace(",", "")), name
