@@ -90,3 +90,17 @@ def shakespeare_users(texts: dict[str, str]) -> dict[str, tuple[list, list]]:
 def random_text(n: int, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     return "".join(rng.choice(list(ALL_LETTERS), n))
+
+
+def write_tff(path: Path, clients: dict[str, dict[str, np.ndarray]]) -> Path:
+    """Write a TFF-style ``.h5``: a group ``examples/<client_id>/`` holding each feature as a dataset."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as file:
+        examples = file.create_group("examples")
+        for client, features in clients.items():
+            group = examples.create_group(client)
+            for name, values in features.items():
+                group.create_dataset(name, data=values)
+    return path
