@@ -161,6 +161,8 @@ def load(args: Any) -> tuple[ClientDataset, int]:
     (``partition_method: natural``) unless the configuration sets ``partition_method``, into one
     client per writer/speaker/id unless it sets ``client_num_in_total``; under ``natural`` each
     client's test set is its own groups' test samples. A plain namespace counts as setting both.
+    When ``natural`` is chosen this way, ``args.partition_method`` is set to it, so the run's
+    recorded configuration reproduces the split.
 
     """
     missing = [key for key in _REQUIRED_ARGS if not hasattr(args, key)]
@@ -191,6 +193,9 @@ def load(args: Any) -> tuple[ClientDataset, int]:
     if output_dim is None:
         raise DataError(f"dataset {args.dataset!r} is registered without output_dim and its loader gave none")
     method = _partition_method(args, raw)
+    if method != args.partition_method:
+        # Recorded, so the run directory's config.yaml reproduces this split when run again.
+        args.partition_method = method
     train_labels = raw.train_y.numpy()
     rng = np.random.default_rng(np.random.SeedSequence([seed, PARTITION_STREAM]))
     client_train = partition_labels(

@@ -29,6 +29,7 @@ def test_femnist_defaults_to_one_client_per_writer_with_their_own_test_samples(t
     # Writers in sorted order: w_a, w_b, w_c.
     assert [dataset.local_sample_num(c) for c in range(dataset.client_num)] == [3, 5, 4]
     assert [len(dataset.local_test(c)) for c in range(3)] == [1, 2, 2]
+    assert args.partition_method == "natural"
 
 
 def test_femnist_pixels_and_labels_are_the_files_values(tmp_path):
