@@ -55,3 +55,4 @@ def test_femnist_trains_one_client_per_writer_by_default(tmp_path):
     assert result.history[-1]["round"] == 1
     config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert config["train_args"]["client_num_in_total"] == 3
+    assert config["data_args"]["partition_method"] == "natural"
