@@ -1,4 +1,4 @@
-"""The ``fedml`` command line: simulate, run, server, client, launch, certs, env and runs.
+"""The ``fedml`` command line: simulate, run, server, client, launch, certs, env, runs and data.
 
 User errors print one clear message and exit with a code by kind: 2 for configuration errors, 3 for
 combinations not built yet, 1 for any other fedml error.
