@@ -37,6 +37,7 @@ class CifarLayout:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     torchvision_class: str
+    archive: str
 
 
 CIFAR10 = CifarLayout(
@@ -49,6 +50,7 @@ CIFAR10 = CifarLayout(
     (0.4914, 0.4822, 0.4465),
     (0.2470, 0.2435, 0.2616),
     "CIFAR10",
+    "cifar-10-python.tar.gz",
 )
 CIFAR100 = CifarLayout(
     "cifar100",
@@ -60,6 +62,7 @@ CIFAR100 = CifarLayout(
     (0.5071, 0.4865, 0.4409),
     (0.2673, 0.2564, 0.2762),
     "CIFAR100",
+    "cifar-100-python.tar.gz",
 )
 
 
@@ -152,9 +155,9 @@ def load_cifar(layout: CifarLayout, data_cache_dir: str | Path, download: bool, 
     missing = _missing(layout, folder)
     if missing:
         raise DataError(
-            f"{layout.name}: missing {', '.join(missing)} in {folder}; put the python version of "
-            f"{layout.name} there ({folder.name}/ with {', '.join(layout.train_files + layout.test_files)}, "
-            f"as extracted from {folder.name}.tar.gz) or set data_args.download: true with network access"
+            f"{layout.name}: missing {', '.join(missing)} in {folder}; extract {layout.archive} (the python "
+            f"version) into {folder.parent} so that {folder.name}/ holds "
+            f"{', '.join(layout.train_files + layout.test_files)}, or allow a download (data_args.download)"
         )
     train_x, train_y = _read_split(layout, folder, layout.train_files)
     test_x, test_y = _read_split(layout, folder, layout.test_files)
@@ -185,7 +188,7 @@ def _read_split(layout: CifarLayout, folder: Path, names: tuple[str, ...]) -> tu
         if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or y is None:
             raise DataError(
                 f"{path}: expected a pickled dict with 'data' (N x 3072 uint8) and '{layout.label_key}' "
-                f"(N labels), as in {layout.folder}.tar.gz"
+                f"(N labels), as in {layout.archive}"
             )
         y = np.asarray(y, dtype=np.int64)
         if y.shape != (data.shape[0],) or (y.size and (y.min() < 0 or y.max() >= layout.classes)):
