@@ -164,3 +164,16 @@ def test_each_epoch_augments_a_sample_anew():
     views = [next(data.batches(1, generator))[0] for _ in range(6)]
 
     assert len({tuple(v.flatten()[:50].tolist()) for v in views}) > 1
+
+
+def test_pickles_written_by_python_2_numpy_load(tmp_path):
+    folder = write_cifar10(tmp_path)
+    batch = pickle.loads((folder / "data_batch_1").read_bytes())
+    # The real files come from Python 2's numpy, which names numpy.core rather than numpy._core.
+    legacy = pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in legacy
+    (folder / "data_batch_1").write_bytes(legacy)
+
+    dataset, _ = fedml.data.load(data_args(dataset="cifar10", data_cache_dir=str(tmp_path)))
+
+    assert dataset.train_y[:6].tolist() == batch[b"labels"]
