@@ -112,7 +112,9 @@ def _open(datasets: Any, path: Path) -> tuple[Any, Any]:
         try:
             saved = datasets.load_from_disk(str(path))
         except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"{path}: cannot load the saved dataset ({exc}); expected {LAYOUT}") from exc
+            raise DataError(
+                f"{path}: cannot load the saved dataset ({_first_line(exc)}); expected {LAYOUT}"
+            ) from exc
         missing = [s for s in ("train", "test") if s not in saved]
         if missing:
             raise DataError(
@@ -136,7 +138,10 @@ def _parquet(datasets: Any, folder: Path, split: str) -> Any:
     try:
         table = pyarrow.concat_tables([pq.read_table(f) for f in files])
     except (OSError, pyarrow.ArrowException) as exc:
-        raise DataError(f"{files[0].parent}: cannot read the {split} parquet files ({exc})") from exc
+        raise DataError(
+            f"{files[0].parent}: cannot read the {split} parquet files ({_first_line(exc)}); "
+            f"expected {LAYOUT}"
+        ) from exc
     # The schema's Hugging Face metadata restores feature types (an image column decodes to pixels).
     features = datasets.Features.from_arrow_schema(table.schema)
     return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features))
@@ -191,3 +196,9 @@ def _ids(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.array([lookup[v] for v in train.tolist()], dtype=np.int64),
         np.array([lookup[v] for v in test.tolist()], dtype=np.int64),
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    """Return the first line of a third-party error, so that ours stays one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

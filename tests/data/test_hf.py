@@ -97,3 +97,14 @@ def test_missing_path_columns_and_splits_are_named(tmp_path):
         fedml.data.load(hf_args(tmp_path, feature_columns=["c"]))
     with pytest.raises(DataError, match="column 'user' is not numeric"):
         fedml.data.load(hf_args(tmp_path, feature_columns=["user"]))
+
+
+def test_an_unreadable_parquet_file_is_one_line_naming_the_folder_and_layout(tmp_path):
+    (tmp_path / "train.parquet").write_bytes(b"not parquet")
+    (tmp_path / "test.parquet").write_bytes(b"not parquet")
+
+    with pytest.raises(DataError, match="cannot read the train parquet files") as err:
+        fedml.data.load(hf_args(tmp_path))
+
+    assert str(tmp_path) in str(err.value)
+    assert "\n" not in str(err.value)
