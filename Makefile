@@ -15,7 +15,7 @@ demo: $(BIN)/python
 
 lint: $(BIN)/python
 	@echo "Installing fedml with its dev tools into $(VENV) (about 2 minutes the first time, seconds after)..."
-	$(BIN)/pip install -q -e ".[dev,mpi,grpc,mqtt,plots,privacy,tensorboard,mlflow]"
+	$(BIN)/pip install -q -e ".[dev,mpi,grpc,mqtt,plots,privacy,data,tensorboard,mlflow]"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -1,4 +1,4 @@
-"""The ``fedml`` command line: simulate, run, server, client, launch, certs, env and runs.
+"""The ``fedml`` command line: simulate, run, server, client, launch, certs, env, runs and data.
 
 User errors print one clear message and exit with a code by kind: 2 for configuration errors, 3 for
 combinations not built yet, 1 for any other fedml error.
@@ -27,6 +27,7 @@ commands:
   certs      make a CA and TLS certificates for a test deployment
   env        print versions of fedml, Python, torch and the optional backends
   runs       list, show, compare and plot the run directories under tracking_args.run_dir
+  data       print per-client sample counts and label histograms of the configured partition
 """
 
 COMMAND_USAGE = {
@@ -85,6 +86,13 @@ a prefix or part of exactly one name there.
   plot     a run's curves as a PNG: --out FILE, default curves.png in the run directory
 Plots need matplotlib: pip install "fedml[plots]".
 """,
+    "data": """usage: fedml data stats [--cf FILE] [--out DIR] [key=value ...]
+
+Load the configured dataset and partition (data_args, client_num_in_total, random_seed) and print
+each client's training and test samples and training-label histogram: one row per client, or the
+largest and smallest when there are many. Writes data_stats.txt, data_stats.json and a plot,
+data_stats.png, into --out DIR, default a new <tracking_args.run_dir>/<timestamp>-data-<dataset>/.
+""",
 }
 """``fedml <command> --help``."""
 
@@ -112,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "certs": _certs,
         "env": _env,
         "runs": _runs,
+        "data": _data,
     }
     if command not in commands:
         sys.stderr.write(f"fedml: error: unknown command {command!r}\n{USAGE}")
@@ -281,6 +290,28 @@ def _runs(argv: list[str]) -> None:
             raise ConfigError(f"{run.path / 'metrics.jsonl'}: no evaluated rounds to plot")
         out = Path(known.out) if known.out else run.path / "curves.png"
         sys.stdout.write(f"{_plot(lambda: plot_run(run.history, out, run.name), out)}\n")
+
+
+def _data(argv: list[str]) -> None:
+    import fedml
+    from fedml.data.stats import data_stats, stats_table, write_stats
+
+    if not argv or argv[0] != "stats":
+        raise ConfigError(
+            f"fedml data: expected stats, got {argv[0] if argv else 'nothing'}; see fedml data --help"
+        )
+    parser = argparse.ArgumentParser(prog="fedml data stats", add_help=False)
+    parser.add_argument("--out")
+    known, rest = _parse(parser, argv[1:])
+    args = fedml.init(rest)
+    dataset, _ = fedml.data.load(args)
+    stats = data_stats(dataset)
+    sys.stdout.write(stats_table(stats) + "\n")
+    out = Path(known.out).expanduser() if known.out else None
+    folder = _plot(
+        lambda: write_stats(stats, Path(args.run_dir).expanduser(), out), out or Path(args.run_dir)
+    )
+    sys.stdout.write(f"plot: {folder / 'data_stats.png'}\n")
 
 
 def _runs_dir(run_dir: str | None, config_file: str | None) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,9 @@ TensorLike = torch.Tensor | np.ndarray
 GATHER_BLOCK_ROWS = 8192
 """Samples gathered from the shared tensors at once when iterating a view in batches."""
 
+BatchTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""Training-time augmentation of one batch of inputs, drawing its randomness from the generator."""
+
 
 @dataclass(frozen=True, eq=False)
 class RawData:
@@ -30,6 +33,12 @@ class RawData:
         int64 class labels, 1-D.
     source : str
         Human-readable origin, e.g. ``"IDX files in /data/MNIST/raw"``.
+    train_groups, test_groups : np.ndarray, optional
+        The natural client id (writer, speaker, ...) of each sample, for ``partition_method: natural``.
+    train_transform : BatchTransform, optional
+        Augmentation applied to each training batch (never to test data).
+    output_dim : int, optional
+        Number of classes, for datasets whose count comes from their files (``hf``).
 
     """
 
@@ -38,6 +47,10 @@ class RawData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     source: str
+    train_groups: np.ndarray | None = None
+    test_groups: np.ndarray | None = None
+    train_transform: BatchTransform | None = None
+    output_dim: int | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -45,7 +58,9 @@ class ClientData:
     """One client's data as an index view into shared tensors (no copy).
 
     Iterating yields ``(x, y)`` batches of ``batch_size`` in index order, so FedML-style code can
-    write ``for x, y in loader``.
+    write ``for x, y in loader``. With a ``transform`` (training augmentation), each batch's inputs
+    pass through it with a generator seeded from the shuffle generator, so a seeded run augments
+    identically every time and every epoch anew.
 
     Attributes
     ----------
@@ -55,6 +70,8 @@ class ClientData:
         int64 indices of this client's samples into ``x`` and ``y``.
     batch_size : int
         Default batch size for iteration.
+    transform : BatchTransform, optional
+        Augmentation applied to every batch this view yields.
 
     """
 
@@ -62,6 +79,7 @@ class ClientData:
     y: torch.Tensor
     indices: torch.Tensor
     batch_size: int
+    transform: BatchTransform | None = None
 
     def __len__(self) -> int:
         return int(self.indices.numel())
@@ -87,7 +105,8 @@ class ClientData:
             Samples per batch; defaults to ``self.batch_size``.
         generator : torch.Generator, optional
             When given, the order is ``torch.randperm(len(self), generator=generator)``, so a
-            seeded generator reproduces the same shuffle; otherwise index order.
+            seeded generator reproduces the same shuffle; otherwise index order. A ``transform``
+            draws from a generator seeded by one draw from this one after the shuffle (by 0 without).
 
         Yields
         ------
@@ -99,11 +118,24 @@ class ClientData:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise DataError(f"batch_size must be a positive integer, got {size!r}")
         if generator is None and self._covers_all_in_order():
-            return self._iter_slices(size)
-        order = self.indices
-        if generator is not None:
-            order = order[torch.randperm(order.numel(), generator=generator)]
-        return self._iter_batches(order, size)
+            batches = self._iter_slices(size)
+        else:
+            order = self.indices
+            if generator is not None:
+                order = order[torch.randperm(order.numel(), generator=generator)]
+            batches = self._iter_batches(order, size)
+        if self.transform is None:
+            return batches
+        return self._iter_transformed(batches, self.transform, _transform_generator(generator))
+
+    @staticmethod
+    def _iter_transformed(
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+        transform: BatchTransform,
+        generator: torch.Generator,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in batches:
+            yield transform(x, generator), y
 
     def _covers_all_in_order(self) -> bool:
         # A view of every sample in order (a global test set) can be batched by slicing, without a gather.
@@ -125,6 +157,15 @@ class ClientData:
             xs, ys = self.x[chunk], self.y[chunk]
             for start in range(0, chunk.numel(), size):
                 yield xs[start : start + size], ys[start : start + size]
+
+
+def _transform_generator(generator: torch.Generator | None) -> torch.Generator:
+    """Return a generator for augmentation: seeded by one draw from ``generator``, or by 0 without one."""
+    if generator is None:
+        return torch.Generator().manual_seed(0)
+    # One draw per call (per epoch), so each epoch augments anew even where the shuffle draws nothing.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator().manual_seed(seed)
 
 
 class FedMLTuple:
@@ -185,6 +226,10 @@ class FederatedDataset(FedMLTuple):
     batch_size: int
     load_seconds: float | None = field(default=None, compare=False)
     """How long ``fedml.data.load`` took to build this dataset (``None`` when built otherwise)."""
+    train_transform: BatchTransform | None = None
+    """Augmentation applied to the batches of every client's training view (never to test data)."""
+    test_global_count: int | None = None
+    """When set, the global test set is the first this many test samples (the rest are clients' own)."""
 
     def __post_init__(self) -> None:
         _check_arrays(self.train_x, self.train_y, self.test_x, self.test_y, self.output_dim)
@@ -203,6 +248,11 @@ class FederatedDataset(FedMLTuple):
         self.client_test_indices = _as_index_list(
             "client_test_indices", self.client_test_indices, len(self.test_y)
         )
+        count = self.test_global_count
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(self.test_y)
+        ):
+            raise DataError(f"test_global_count must be an integer in 0..{len(self.test_y)}, got {count!r}")
 
     @classmethod
     def from_tensors(
@@ -296,7 +346,12 @@ class FederatedDataset(FedMLTuple):
     @property
     def test_data_num(self) -> int:
         """Number of global test samples."""
-        return len(self.test_y)
+        return len(self.test_y) if self.test_global_count is None else self.test_global_count
+
+    @property
+    def augments_training(self) -> bool:
+        """Whether training batches are augmented (which the vectorized engine does not do)."""
+        return self.train_transform is not None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -316,7 +371,11 @@ class FederatedDataset(FedMLTuple):
     def local_train(self, client: int) -> ClientData:
         """Return client ``client``'s training data (a view, not a copy)."""
         return ClientData(
-            self.train_x, self.train_y, self.client_train_indices[self._check(client)], self.batch_size
+            self.train_x,
+            self.train_y,
+            self.client_train_indices[self._check(client)],
+            self.batch_size,
+            self.train_transform,
         )
 
     def local_test(self, client: int) -> ClientData:

@@ -20,7 +20,8 @@ class Partitioner(Protocol):
 
     It receives validated inputs (1-D ``labels``, ``1 <= num_clients <= len(labels)``) and must
     return ``num_clients`` integer index arrays that together cover each index exactly once.
-    Method-specific parameters it does not use are ignored.
+    Method-specific parameters it does not use are ignored; ``groups`` is the natural client id of
+    each sample (writer, speaker, ...) when the dataset has one, else ``None``.
     """
 
     def __call__(
@@ -31,6 +32,7 @@ class Partitioner(Protocol):
         *,
         alpha: float,
         shards_per_client: int,
+        groups: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         """Return one index array per client."""
         ...
@@ -48,7 +50,7 @@ def register_partitioner(name: str, fn: Partitioner) -> None:
     name : str
         The method name used in the config; registering an existing name replaces it.
     fn : Partitioner
-        Called as ``fn(labels, num_clients, rng, alpha=..., shards_per_client=...)``.
+        Called as ``fn(labels, num_clients, rng, alpha=..., shards_per_client=..., groups=...)``.
 
     """
     PARTITIONERS.register(name, fn, replace=True)
@@ -66,6 +68,7 @@ def partition_labels(
     rng: np.random.Generator,
     alpha: float = 0.5,
     shards_per_client: int = 2,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Split sample indices among clients.
 
@@ -76,14 +79,18 @@ def partition_labels(
     num_clients : int
         Number of clients, ``1 <= num_clients <= len(labels)``.
     method : str
-        A registered method: ``homo`` (IID), ``hetero`` (Dirichlet over labels) or ``shards``
-        (McMahan et al.'s pathological split), or one added with :func:`register_partitioner`.
+        A registered method: ``homo`` (IID), ``hetero`` (Dirichlet over labels), ``shards``
+        (McMahan et al.'s pathological split), ``power_law`` (lognormal client sizes),
+        ``quantity_skew`` (Dirichlet client sizes), ``natural`` (by ``groups``), or one added with
+        :func:`register_partitioner`.
     rng : np.random.Generator
         The only source of randomness; the same generator state gives the same split.
     alpha : float
         Dirichlet concentration for ``hetero``; smaller is more skewed. Must be > 0.
     shards_per_client : int
         Shards per client for ``shards``. Must be >= 1.
+    groups : np.ndarray, optional
+        The natural client id of each sample (any integer ids), needed by ``natural``.
 
     Returns
     -------
@@ -110,7 +117,15 @@ def partition_labels(
             f"train_args.client_num_in_total must be between 1 and the number of training samples "
             f"({labels.size}), got {num_clients}"
         )
-    parts = fn(labels, int(num_clients), rng, alpha=alpha, shards_per_client=shards_per_client)
+    # Only passed when there are groups, so partitioners written before ``groups`` existed still work.
+    extra: dict[str, np.ndarray] = {}
+    if groups is not None:
+        extra["groups"] = np.asarray(groups)
+        if extra["groups"].shape != labels.shape:
+            raise DataError(
+                f"groups must hold one id per sample, got shape {extra['groups'].shape} for {labels.size}"
+            )
+    parts = fn(labels, int(num_clients), rng, alpha=alpha, shards_per_client=shards_per_client, **extra)
     return _checked(parts, labels.size, int(num_clients), method)
 
 
@@ -187,9 +202,101 @@ def shards_partition(
     return [np.concatenate([shards[s] for s in row]) for row in owners]
 
 
+POWER_LAW_SIGMA = 2.0
+"""Standard deviation of the lognormal client sizes of ``power_law``, LEAF's and FedProx's value."""
+
+
+def power_law_partition(
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator, **_: object
+) -> list[np.ndarray]:
+    """IID labels, LEAF-style sizes: client shares ~ lognormal(0, 2), each client at least one sample.
+
+    LEAF and FedProx draw client sizes from a lognormal with sigma 2, which gives a few very large
+    clients and a long tail of small ones, as in their natural data.
+    """
+    weights = rng.lognormal(0.0, POWER_LAW_SIGMA, num_clients)
+    return _split_by_sizes(rng.permutation(labels.size), _sizes(weights, labels.size))
+
+
+def quantity_skew_partition(
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator, *, alpha: float, **_: object
+) -> list[np.ndarray]:
+    """IID labels, skewed sizes of Li et al. (2022): client shares ~ Dirichlet(alpha), at least one each."""
+    if not alpha > 0:
+        raise ConfigError(f"data_args.partition_alpha must be > 0, got {alpha!r}")
+    weights = rng.dirichlet(np.full(num_clients, float(alpha)))
+    return _split_by_sizes(rng.permutation(labels.size), _sizes(weights, labels.size))
+
+
+def natural_partition(
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    *,
+    groups: np.ndarray | None = None,
+    **_: object,
+) -> list[np.ndarray]:
+    """One client per natural group (writer, speaker, id column); fewer clients take whole groups.
+
+    With as many clients as groups, client ``k`` holds the ``k``-th group in sorted id order. With
+    fewer, the groups are shuffled and dealt in near-equal numbers, so no group is ever split.
+    """
+    client_of = group_clients(groups, num_clients, rng)
+    inverse = np.unique(np.asarray(groups), return_inverse=True)[1]
+    owner = client_of[inverse.reshape(-1)]
+    order = np.argsort(owner, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(owner, minlength=num_clients))[:-1])
+
+
+def group_clients(groups: np.ndarray | None, num_clients: int, rng: np.random.Generator) -> np.ndarray:
+    """Return the client of each distinct group id (in sorted id order) for the ``natural`` split.
+
+    Raises
+    ------
+    DataError
+        If the dataset has no natural groups.
+    ConfigError
+        If there are more clients than groups.
+
+    """
+    if groups is None:
+        raise DataError(
+            "data_args.partition_method natural needs a dataset with natural clients (femnist, "
+            "shakespeare, fed_emnist, fed_cifar100, fed_shakespeare, or hf with natural_id_column)"
+        )
+    count = np.unique(np.asarray(groups)).size
+    if num_clients > count:
+        raise ConfigError(
+            f"train_args.client_num_in_total is {num_clients}, but the natural partition has only {count} "
+            "clients (writers, speakers or ids); use at most that many"
+        )
+    if num_clients == count:
+        return np.arange(count)
+    client_of = np.empty(count, dtype=np.int64)
+    for client, members in enumerate(np.array_split(rng.permutation(count), num_clients)):
+        client_of[members] = client
+    return client_of
+
+
+def _sizes(weights: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` samples in proportion to ``weights`` with at least one each (largest remainder)."""
+    spare = total - weights.size
+    scaled = weights / weights.sum() * spare
+    sizes = np.floor(scaled).astype(np.int64)
+    sizes[np.argsort(-(scaled - sizes), kind="stable")[: spare - int(sizes.sum())]] += 1
+    return sizes + 1
+
+
+def _split_by_sizes(order: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    return np.split(order, np.cumsum(sizes)[:-1])
+
+
 register_partitioner("homo", homo_partition)
 register_partitioner("hetero", hetero_partition)
 register_partitioner("shards", shards_partition)
+register_partitioner("power_law", power_law_partition)
+register_partitioner("quantity_skew", quantity_skew_partition)
+register_partitioner("natural", natural_partition)
 
 
 def split_test_like_train(

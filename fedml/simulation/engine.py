@@ -61,6 +61,10 @@ def choose_engine(
     local_objective = getattr(algorithm, "local_objective", None)
     objective = local_objective() if callable(local_objective) else None
     reason = "a custom ClientTrainer is used" if custom_trainer else sequential_reason
+    if reason is None and getattr(dataset, "augments_training", False):
+        reason = (
+            "the dataset augments training batches (data_args.augment), which only sequential training does"
+        )
     reason = reason or unsupported_reason(model, args, objective)
     if reason is None and objective is not None:
         reason = probe(model.to(device), _first_input(dataset).to(device), objective)
