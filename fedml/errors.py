@@ -1,5 +1,9 @@
 """The one error hierarchy of fedml: every error the library raises on purpose derives from FedMLError."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class FedMLError(Exception):
     """Base class of all errors raised by fedml."""
@@ -22,7 +26,16 @@ class ProtocolError(TransportError):
 
 
 class RoundIncompleteError(TransportError):
-    """Too few replies arrived by a stage's deadline; the round may be retried (comm_args.round_retries)."""
+    """Too few replies arrived by a stage's deadline; the round may be retried (comm_args.round_retries).
+
+    ``replies`` holds the messages that did arrive and ``updates`` the client updates in them (filled in
+    by the backend), so what clients released in a round given up can still be accounted for.
+    """
+
+    def __init__(self, message: str, replies: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.replies: list[Any] = list(replies or [])
+        self.updates: list[Any] = []
 
 
 class AggregationError(FedMLError):

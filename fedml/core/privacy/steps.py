@@ -277,9 +277,14 @@ class PrivacyAccountant(ServerStep):
                 f"comm_args.backend {backend} sums away; use backend sp or MPI, or ldp"
             )
 
-    def account(self, round_idx: int, results: RoundResults) -> None:
-        """Add round ``round_idx``'s releases to the ledger."""
-        self.rounds += 1
+    def account(self, round_idx: int, results: RoundResults, aggregated: bool = True) -> None:
+        """Add round ``round_idx``'s releases to the ledger.
+
+        A try given up (``aggregated`` False) released nothing centrally, but each client that replied
+        released its (locally noised) update.
+        """
+        if aggregated:
+            self.rounds += 1
         if isinstance(results, SummedUpdate):
             # ldp behind an all-reduce: who trained is not known here, so bound every client by the rounds.
             self.presummed_rounds += 1

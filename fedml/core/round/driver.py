@@ -252,6 +252,9 @@ class FederatedRound:
             try:
                 return backend.train(self.task(round_idx, state, backend))
             except RoundIncompleteError as exc:
+                # Clients that replied released their updates even if the round is given up.
+                for step in self.steps.all():
+                    step.account(round_idx, exc.updates, aggregated=False)
                 if attempt == backend.retries:
                     raise
                 self.log.warning(

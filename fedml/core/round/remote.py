@@ -272,7 +272,11 @@ class RemoteBackend:
             if share
         }
         sizes = {peer: len(shares[peer]) for peer in requests}
-        replies = self.exchange(TRAIN, task.round_idx, requests, sizes, task.wanted)
+        try:
+            replies = self.exchange(TRAIN, task.round_idx, requests, sizes, task.wanted)
+        except RoundIncompleteError as exc:
+            exc.updates = [u for message in exc.replies for u in unpack_updates(message)]
+            raise
         updates: list[Update] = []
         for message in replies.values():
             updates.extend(unpack_updates(message))
@@ -321,7 +325,8 @@ class RemoteBackend:
             self._handle(message, collection)
         replied = collection.replied()
         if replied < required:
-            raise RoundIncompleteError(self._shortfall(collection, replied, selected, required))
+            shortfall = self._shortfall(collection, replied, selected, required)
+            raise RoundIncompleteError(shortfall, list(collection.replies.values()))
         late = sorted(collection.pending)
         if late:
             self.log.warning(

@@ -59,8 +59,12 @@ class Step:
 
         """
 
-    def account(self, round_idx: int, results: RoundResults) -> None:
-        """Note what round ``round_idx`` released: every result the server received (nothing here)."""
+    def account(self, round_idx: int, results: RoundResults, aggregated: bool = True) -> None:
+        """Note what round ``round_idx`` released: every result the server received (nothing here).
+
+        ``aggregated`` is False for the replies of a try that was given up (too few arrived): the
+        clients released them, but no model was made from them.
+        """
 
     def round_metrics(self) -> dict[str, float]:
         """Return what the step adds to an evaluated round's record (``epsilon``, ``delta``; none here)."""

@@ -350,3 +350,13 @@ def test_dpsgd_refuses_a_custom_trainer(make_args):
         fedml.FedMLRunner(
             args, torch.device("cpu"), dataset, model, client_trainer=fedml.ClientTrainer(model, args)
         ).run()
+
+
+def test_replies_of_a_round_given_up_are_charged_to_their_clients_but_release_no_model(make_args):
+    steps = build_steps(make_args(**dp("ldp", noise_multiplier=1.0)))
+    (accountant,) = [s for s in steps.server if isinstance(s, PrivacyAccountant)]
+    replies = [Update(3, 1.0, {}), Update(4, 1.0, {})]
+    accountant.account(0, replies, aggregated=False)
+    accountant.account(0, [Update(3, 1.0, {})])
+    assert accountant.rounds == 1
+    assert accountant.epsilon() == pytest.approx(epsilon([(1.0, 1.0, 2)], 1e-5))
