@@ -109,7 +109,7 @@ def run_simulation(
         extra["backend"] = backend
     args = init(argv, config_file=config_file, overrides=extra)
     dataset, output_dim = data.load(args)
-    net = model.create(args, output_dim)
+    net = model.create(args, output_dim, dataset.input_shape)
     return FedMLRunner(args, device.get_device(args), dataset, net).run()
 
 
@@ -166,7 +166,7 @@ def _run_cross_silo(
     args = load_arguments(config_file if config_file is not None else cli_file, merged, **identity)
     configure_logging(args.log_level)
     dataset, output_dim = data.load(args)
-    net = model.create(args, output_dim)
+    net = model.create(args, output_dim, dataset.input_shape)
     return FedMLRunner(args, device.get_device(args), dataset, net).run()
 
 

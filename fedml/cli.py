@@ -147,7 +147,7 @@ def _run(argv: list[str]) -> None:
 
     args = fedml.init(argv)
     dataset, output_dim = fedml.data.load(args)
-    model = fedml.model.create(args, output_dim)
+    model = fedml.model.create(args, output_dim, dataset.input_shape)
     fedml.FedMLRunner(args, fedml.device.get_device(args), dataset, model).run()
 
 

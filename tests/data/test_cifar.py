@@ -177,3 +177,20 @@ def test_pickles_written_by_python_2_numpy_load(tmp_path):
     dataset, _ = fedml.data.load(data_args(dataset="cifar10", data_cache_dir=str(tmp_path)))
 
     assert dataset.train_y[:6].tolist() == batch[b"labels"]
+
+
+@pytest.mark.parametrize(("augment", "engine"), [(True, "sequential"), (False, "vectorized")])
+def test_an_augmenting_dataset_trains_sequentially(tmp_path, make_args, augment, engine):
+    from fedml.core.algorithms import create_algorithm
+    from fedml.simulation.engine import choose_engine
+
+    write_cifar10(tmp_path)
+    args = make_args(
+        dataset="cifar10", model="lr", data_cache_dir=str(tmp_path), augment=augment, engine="vectorized"
+    )
+    dataset, output_dim = fedml.data.load(args)
+    model = fedml.model.create(args, output_dim)
+    chosen, _ = choose_engine(
+        args, torch.device("cpu"), model, create_algorithm(args), dataset, custom_trainer=False
+    )
+    assert chosen == engine
