@@ -1,4 +1,4 @@
-"""DP in cross-silo jobs: local noise in each silo's process, central noise on the server, accounted."""
+"""DP in cross-silo and cross-device jobs: local noise in each peer's process, central noise on the server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fedml.core.privacy.accountant import epsilon
+from tests.conftest import ROOT
 
 from .jobs import launch
 
@@ -41,3 +42,14 @@ def test_a_dp_job_applies_and_accounts_its_noise(tmp_path, backend, mode):
         # Each silo's releases, not amplified by sampling; the busiest silo took part in at most 3 rounds.
         assert records[-1]["epsilon"] <= epsilon([(0.5, 1.0, 3)], 1e-5) + 1e-9
         assert records[-1]["epsilon"] >= epsilon([(0.5, 1.0, math.ceil(3 * rate))], 1e-5) - 1e-9
+
+
+def test_local_dp_runs_on_edge_devices(tmp_path):
+    overrides = ["enable_dp=true", "dp_solution_type=ldp", "noise_multiplier=0.5", "comm_round=2"]
+    done = launch(
+        tmp_path, "--clients", "5", *overrides, config=ROOT / "configs" / "cross_device_fedavg_mnist_lr.yaml"
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    records, _ = server_run(tmp_path / "runs")
+    assert 0 < records[-1]["epsilon"] <= epsilon([(0.5, 1.0, 2)], 1e-5) + 1e-9
+    assert "Local DP: each client clips its delta" in done.stdout
