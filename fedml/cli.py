@@ -1,4 +1,4 @@
-"""The ``fedml`` command line: simulate, run, server, client, launch, certs, env, runs and data.
+"""The ``fedml`` command line: simulate, run, server, client, launch, certs, env, runs, data and jobs.
 
 User errors print one clear message and exit with a code by kind: 2 for configuration errors, 3 for
 combinations not built yet, 1 for any other fedml error.
@@ -28,6 +28,7 @@ commands:
   env        print versions of fedml, Python, torch and the optional backends
   runs       list, show, compare and plot the run directories under tracking_args.run_dir
   data       print per-client sample counts and label histograms of the configured partition
+  jobs       list the prebuilt recipes (dataset x model x algorithm) and run one by name
 """
 
 COMMAND_USAGE = {
@@ -93,6 +94,17 @@ each client's training and test samples and training-label histogram: one row pe
 largest and smallest when there are many. Writes data_stats.txt, data_stats.json and a plot,
 data_stats.png, into --out DIR, default a new <tracking_args.run_dir>/<timestamp>-data-<dataset>/.
 """,
+    "jobs": """usage: fedml jobs list
+       fedml jobs show NAME
+       fedml jobs run NAME [key=value ...]
+
+The prebuilt jobs: ready recipes in configs/jobs/, one YAML file each (docs/jobs.md).
+  list     one row per recipe: dataset, model, algorithm, backend, rounds, clients, the accuracy to
+           expect and the command; then each recipe's accuracy source and the data files it reads
+  show     print a recipe's file
+  run      run a recipe; key=value overrides apply on top of its file (comm_round=5,
+           data_cache_dir=DIR), as on fedml run
+""",
 }
 """``fedml <command> --help``."""
 
@@ -121,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env": _env,
         "runs": _runs,
         "data": _data,
+        "jobs": _jobs,
     }
     if command not in commands:
         sys.stderr.write(f"fedml: error: unknown command {command!r}\n{USAGE}")
@@ -312,6 +325,27 @@ def _data(argv: list[str]) -> None:
         lambda: write_stats(stats, Path(args.run_dir).expanduser(), out), out or Path(args.run_dir)
     )
     sys.stdout.write(f"plot: {folder / 'data_stats.png'}\n")
+
+
+def _jobs(argv: list[str]) -> None:
+    from fedml.jobs import find_jobs, get_job, jobs_table, run_job
+
+    action, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if action == "list":
+        if rest:
+            raise ConfigError(f"fedml jobs list: unexpected arguments {rest}; see fedml jobs --help")
+        sys.stdout.write(jobs_table(find_jobs()) + "\n")
+    elif action in {"show", "run"}:
+        if not rest or "=" in rest[0] or rest[0].startswith("-"):
+            raise ConfigError(f"fedml jobs {action} needs a recipe NAME first; fedml jobs list shows them")
+        if action == "show":
+            if rest[1:]:
+                raise ConfigError(f"fedml jobs show: unexpected arguments {rest[1:]}")
+            sys.stdout.write(get_job(rest[0]).path.read_text(encoding="utf-8"))
+        else:
+            run_job(rest[0], rest[1:])
+    else:
+        raise ConfigError(f"fedml jobs: expected list, show or run, got {action or 'nothing'!r}")
 
 
 def _runs_dir(run_dir: str | None, config_file: str | None) -> Path:
