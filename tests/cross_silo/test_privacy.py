@@ -40,8 +40,8 @@ def test_a_dp_job_applies_and_accounts_its_noise(tmp_path, backend, mode):
         assert 0 < records[-1]["epsilon"] < epsilon([(0.5, 1.0, 1)], 1e-5)
     else:
         # Each silo's releases, not amplified by sampling; the busiest silo took part in at most 3 rounds.
-        assert records[-1]["epsilon"] <= epsilon([(0.5, 1.0, 3)], 1e-5) + 1e-9
-        assert records[-1]["epsilon"] >= epsilon([(0.5, 1.0, math.ceil(3 * rate))], 1e-5) - 1e-9
+        assert records[-1]["epsilon"] <= epsilon([(0.25, 1.0, 3)], 1e-5) + 1e-9
+        assert records[-1]["epsilon"] >= epsilon([(0.25, 1.0, math.ceil(3 * rate))], 1e-5) - 1e-9
 
 
 def test_local_dp_runs_on_edge_devices(tmp_path):
@@ -51,5 +51,5 @@ def test_local_dp_runs_on_edge_devices(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:]
     records, _ = server_run(tmp_path / "runs")
-    assert 0 < records[-1]["epsilon"] <= epsilon([(0.5, 1.0, 2)], 1e-5) + 1e-9
+    assert 0 < records[-1]["epsilon"] <= epsilon([(0.25, 1.0, 2)], 1e-5) + 1e-9
     assert "Local DP: each client clips its delta" in done.stdout

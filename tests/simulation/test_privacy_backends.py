@@ -54,7 +54,7 @@ def test_local_dp_behind_the_all_reduce_gives_the_sp_model_and_a_bound_by_rounds
     state, _ = final_model_and_accuracy(tmp_path / "runs")
     assert max_abs_diff(state, reference.model_state) < 1e-5
     # The ranks' sum hides who trained, so every client is counted in every round.
-    assert last_epsilon(tmp_path / "runs") == pytest.approx(epsilon([(0.05, 1.0, 5)], 1e-5))
+    assert last_epsilon(tmp_path / "runs") == pytest.approx(epsilon([(0.025, 1.0, 5)], 1e-5))
     assert reference.final_metrics["epsilon"] <= last_epsilon(tmp_path / "runs")
 
 

@@ -9,11 +9,14 @@ Poisson sample of rate ``sample_rate``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
+
+import numpy as np
 
 from fedml.errors import PrivacyError
 
@@ -76,13 +79,35 @@ def epsilon(history: Sequence[Mechanism], delta: float, accountant: AccountantNa
         return 0.0
     if any(z <= 0 for z, _, _ in steps):
         return math.inf
-    ledger = _accountant(accountant, steps)
     with warnings.catch_warnings():
         # "Optimal order is the largest alpha": at the ends of RDP_ORDERS, which are wide enough.
         warnings.simplefilter("ignore", UserWarning)
         if accountant == "rdp":
-            return float(ledger.get_epsilon(delta=delta, alphas=list(RDP_ORDERS)))
-        return float(ledger.get_epsilon(delta=delta))
+            return _rdp_epsilon(steps, delta)
+        return float(_accountant(accountant, steps).get_epsilon(delta=delta))
+
+
+def _rdp_epsilon(history: list[Mechanism], delta: float) -> float:
+    """Opacus's RDP accountant's epsilon, from a cache of each mechanism's RDP of one step.
+
+    RDP composes by addition, so ``n`` steps of a mechanism cost ``n`` times one; computing the curve
+    of one step once per ``(noise, rate)`` makes a run's every-round report nearly free (Opacus would
+    recompute every order from scratch each time).
+    """
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    total = sum(n * _rdp_of_one_step(z, q) for z, q, n in history)
+    eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=list(total), delta=delta)
+    return float(eps)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_of_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    require_opacus()
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS))
+    return np.asarray(rdp, dtype=np.float64)
 
 
 def calibrate_noise(
@@ -92,40 +117,35 @@ def calibrate_noise(
     steps: int,
     accountant: AccountantName = "rdp",
 ) -> float:
-    """Return the smallest noise multiplier (to 1%) whose ``steps`` releases stay within ``target_epsilon``.
+    """Return the smallest noise multiplier (to 0.5%) whose ``steps`` releases stay within ``target_epsilon``.
 
-    The result meets the target: ``epsilon([(result, sample_rate, steps)], delta) <= target_epsilon``.
+    The result meets the target with the same accountant that reports the run's epsilon:
+    ``epsilon([(result, sample_rate, steps)], delta, accountant) <= target_epsilon``.
 
     Raises
     ------
     PrivacyError
-        If no noise multiplier reaches the target (Opacus searches up to a multiplier of about 2**20).
+        If there are no releases to calibrate for, or no multiplier up to 2**20 reaches the target.
 
     """
-    require_opacus()
-    from opacus.accountants.utils import get_noise_multiplier
-
     if steps <= 0:
         raise PrivacyError(f"dp_args.epsilon: calibrating for {steps} releases; there must be at least one")
-    try:
-        noise = float(
-            get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=steps,
-                accountant=accountant,
+
+    def spent(noise: float) -> float:
+        return epsilon([(noise, sample_rate, steps)], delta, accountant)
+
+    low, high = 0.0, 1.0
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 2**20:
+            raise PrivacyError(
+                f"dp_args.epsilon {target_epsilon}: no noise multiplier reaches it at delta {delta} over "
+                f"{steps} releases with sample rate {sample_rate:.4g}"
             )
-        )
-    except ValueError as exc:
-        raise PrivacyError(
-            f"dp_args.epsilon {target_epsilon}: no noise multiplier reaches it at delta {delta} over "
-            f"{steps} releases with sample rate {sample_rate:.4g} ({exc})"
-        ) from exc
-    # Opacus stops its search within 1% of the target from below or above; step up until it holds.
-    while epsilon([(noise, sample_rate, steps)], delta, accountant) > target_epsilon:
-        noise *= 1.01
-    return noise
+    while high - low > 0.005 * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if spent(middle) > target_epsilon else (low, middle)
+    return high
 
 
 def _accountant(name: AccountantName, history: list[Mechanism]) -> Any:

@@ -119,6 +119,16 @@ class PrivacyPlan:
     batch_size: int
     adaptive: tuple[float, float, float] | None
 
+    @property
+    def release_noise(self) -> float:
+        """The noise multiplier of one ``ldp``/``cdp`` release over its sensitivity, for the accountant.
+
+        ``cdp`` (and DP-SGD) count neighbours by adding or removing one client (sample): the sum moves
+        by at most ``clipping_norm``. Local DP protects any two inputs of one client, whose clipped
+        deltas can differ by twice the bound, so its noise counts half.
+        """
+        return self.noise_multiplier / _sensitivity(self.mode)
+
     def dpsgd_noise(self, samples: int) -> float:
         """Return the DP-SGD noise multiplier of a client with ``samples`` samples.
 
@@ -191,7 +201,7 @@ def _plan(
         # ldp: the server sees each release, so sampling does not amplify, and it may pick a client
         # every round; cdp: the model's readers do not know who was sampled.
         rate = sample_rate if mode == "cdp" else 1.0
-        noise = _calibrated(target, delta, rate, comm_round, accountant)
+        noise = _calibrated(target, delta, rate, comm_round, accountant) * _sensitivity(mode)
     plan = PrivacyPlan(
         mode,
         clipping_norm,
@@ -220,6 +230,11 @@ def _plan(
                 f"noise multiplier {noise:g} (Andrew et al. 2021); raise it or lower the noise"
             )
     return plan
+
+
+def _sensitivity(mode: DPMode) -> float:
+    """Sensitivity of one release in units of ``clipping_norm`` (see ``PrivacyPlan.release_noise``)."""
+    return 2.0 if mode == "ldp" else 1.0
 
 
 @functools.lru_cache(maxsize=4096)

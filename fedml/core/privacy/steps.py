@@ -232,9 +232,10 @@ class PrivacyAccountant(ServerStep):
 
     ``cdp``: one subsampled Gaussian release a round (sample rate ``client_num_per_round /
     client_num_in_total``). ``ldp``: per client, one Gaussian release each round it took part in, not
-    amplified by sampling (the server knows whom it sampled); the epsilon reported is the largest
-    client's. ``dpsgd``: per client, the ``(dp_noise_multiplier, dp_sample_rate, num_steps)`` its trainer
-    reported, per round it took part in; again the largest client's epsilon.
+    amplified by sampling (the server knows whom it sampled), with sensitivity twice the clip (any two
+    inputs of the client); the epsilon reported is the largest client's. ``dpsgd``: per client, the
+    ``(dp_noise_multiplier, dp_sample_rate, num_steps)`` its trainer reported, per round it took part
+    in; again the largest client's epsilon.
 
     Parameters
     ----------
@@ -296,9 +297,9 @@ class PrivacyAccountant(ServerStep):
         """Return the epsilon spent so far (with ``extra_round``: after one more round like the last)."""
         plan = self.plan
         if plan.mode == "cdp":
-            return reached([(plan.noise_multiplier, plan.sample_rate, self.rounds + extra_round)], plan)
+            return reached([(plan.release_noise, plan.sample_rate, self.rounds + extra_round)], plan)
         if self.presummed_rounds:
-            return reached([(plan.noise_multiplier, 1.0, self.rounds + extra_round)], plan)
+            return reached([(plan.release_noise, 1.0, self.rounds + extra_round)], plan)
         worst = 0.0
         for history in self.clients.values():
             steps = tuple(history + history[-1:]) if extra_round else tuple(history)
@@ -318,7 +319,7 @@ class PrivacyAccountant(ServerStep):
             # No round yet: predict the first from the plan (dpsgd clients have calibrated to it).
             if self.plan.mode == "dpsgd":
                 return None
-            after = reached([(self.plan.noise_multiplier, 1.0, 1)], self.plan)
+            after = reached([(self.plan.release_noise, 1.0, 1)], self.plan)
         else:
             after = self.epsilon(extra_round=True)
         if after <= budget:
@@ -348,7 +349,7 @@ class PrivacyAccountant(ServerStep):
     def _release(self, update: Update) -> tuple[float, float, int]:
         plan = self.plan
         if plan.mode != "dpsgd":
-            return (plan.noise_multiplier, 1.0, 1)
+            return (plan.release_noise, 1.0, 1)
         metrics = update.metrics
         missing = [k for k in ("dp_noise_multiplier", "dp_sample_rate", "num_steps") if k not in metrics]
         if missing:

@@ -175,7 +175,8 @@ def test_local_dp_accounts_each_client_by_the_rounds_it_took_part_in(make_args):
     for round_idx in range(4):
         for client in fedml.core.sampling.sample_clients(0, round_idx, 10, 3):
             counts[client] = counts.get(client, 0) + 1
-    assert result.final_metrics["epsilon"] == pytest.approx(epsilon([(2.0, 1.0, max(counts.values()))], 1e-5))
+    # Sensitivity twice the clip: any two inputs of a client.
+    assert result.final_metrics["epsilon"] == pytest.approx(epsilon([(1.0, 1.0, max(counts.values()))], 1e-5))
 
 
 def test_a_target_epsilon_is_met_after_the_last_round(make_args):
@@ -185,7 +186,7 @@ def test_a_target_epsilon_is_met_after_the_last_round(make_args):
 
 
 def test_max_epsilon_stops_training_before_the_budget_is_exceeded(make_args):
-    per_round = [epsilon([(1.0, 1.0, n)], 1e-5) for n in range(1, 6)]
+    per_round = [epsilon([(0.5, 1.0, n)], 1e-5) for n in range(1, 6)]
     budget = (per_round[2] + per_round[3]) / 2
     result = run(
         make_args(
@@ -299,7 +300,7 @@ def test_ldp_runs_behind_a_summing_backend_with_a_bound_by_rounds(make_args):
     summed = fedml.core.algorithms.SummedUpdate(3, 30.0, {})
     for round_idx in range(4):
         accountant.account(round_idx, summed)
-    assert accountant.epsilon() == pytest.approx(epsilon([(1.0, 1.0, 4)], 1e-5))
+    assert accountant.epsilon() == pytest.approx(epsilon([(0.5, 1.0, 4)], 1e-5))
 
 
 @pytest.mark.parametrize(
@@ -359,4 +360,4 @@ def test_replies_of_a_round_given_up_are_charged_to_their_clients_but_release_no
     accountant.account(0, replies, aggregated=False)
     accountant.account(0, [Update(3, 1.0, {})])
     assert accountant.rounds == 1
-    assert accountant.epsilon() == pytest.approx(epsilon([(1.0, 1.0, 2)], 1e-5))
+    assert accountant.epsilon() == pytest.approx(epsilon([(0.5, 1.0, 2)], 1e-5))
