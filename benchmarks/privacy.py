@@ -57,7 +57,7 @@ WORKLOAD: dict[str, Any] = {
     "plots": False,
     "quiet": True,
 }
-"""MNIST LR, 1,000 clients, 100 per round: the workload of both tables."""
+"""MNIST LR, 1,000 clients, 100 per round: the workload of tables 1 and 2."""
 
 SMALL: dict[str, Any] = {**WORKLOAD, "client_num_in_total": 100, "client_num_per_round": 10}
 """The DP-SGD cost workload: 100 clients of 40 digits, 10 per round (Opacus trains them one by one)."""
