@@ -96,8 +96,10 @@ def _rdp_epsilon(history: list[Mechanism], delta: float) -> float:
     """
     from opacus.accountants.analysis.rdp import get_privacy_spent
 
-    total = sum(n * _rdp_of_one_step(z, q) for z, q, n in history)
-    eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=list(total), delta=delta)
+    total = np.zeros(len(RDP_ORDERS))
+    for z, q, n in history:
+        total += n * _rdp_of_one_step(z, q)
+    eps, _ = get_privacy_spent(orders=list(RDP_ORDERS), rdp=total.tolist(), delta=delta)
     return float(eps)
 
 
