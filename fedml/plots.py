@@ -141,7 +141,15 @@ def save_png(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _figure(panels: int) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """Return an empty figure of ``width`` x ``height`` inches that renders without a display (Agg).
+
+    Raises
+    ------
+    ImportError
+        When matplotlib is not installed, naming the extra that installs it.
+
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -150,10 +158,14 @@ def _figure(panels: int) -> Figure:
             "plots need the 'matplotlib' package, which is not installed; "
             'install it with: pip install "fedml[plots]"'
         ) from exc
-    width, height = PANEL_INCHES
-    figure = Figure(figsize=(width, height * panels), layout="tight")
+    figure = Figure(figsize=(width, height), layout="tight")
     FigureCanvasAgg(figure)
     return figure
+
+
+def _figure(panels: int) -> Figure:
+    width, height = PANEL_INCHES
+    return new_figure(width, height * panels)
 
 
 def _series(history: Sequence[Record], key: str) -> tuple[list[float], list[float]]:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from fedml.core.files import atomic_torch_save, atomic_write_text
+from fedml.core.files import atomic_torch_save, atomic_write_text, new_folder
 from fedml.errors import ConfigError
 from fedml.loggers import create_loggers
 
@@ -448,20 +448,8 @@ def git_commit(folder: Path) -> str | None:
 
 def _new_run_dir(parent: Path, name: str) -> Path:
     try:
-        return _make_run_dir(parent, name)
+        return new_folder(parent, name)
     except OSError as exc:
         raise ConfigError(
             f"tracking_args.run_dir: cannot create a run directory in {parent} ({exc.strerror or exc})"
         ) from exc
-
-
-def _make_run_dir(parent: Path, name: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    candidate, n = parent / name, 1
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = parent / f"{name}-{n}"

@@ -1,7 +1,7 @@
 """Atomic file writes: a temporary file in the same folder, flushed to disk, then renamed over the target.
 
 A crash or a full disk mid-write leaves the previous file as it was and no temporary file behind; the
-error that stopped the write is the one raised.
+error that stopped the write is the one raised. Also ``new_folder``: a folder no other process has.
 """
 
 from __future__ import annotations
@@ -44,3 +44,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically."""
     atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def new_folder(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``name-2``, ``name-3``, ... when taken (by any process).
+
+    ``mkdir`` either creates the folder or fails, so two runs started in the same second never share one.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = parent / name, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = parent / f"{name}-{n}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fedml.core.files import atomic_write, atomic_write_text
+from fedml.core.files import atomic_write_text, new_folder
 
 TABLE_ROWS = 20
 """Clients listed one per row; with more, the table shows the largest and smallest half each."""
@@ -155,7 +154,7 @@ def write_stats(stats: DataStats, parent: Path, folder: Path | None = None) -> P
         When the folder cannot be created or written.
 
     """
-    target = folder or _new_folder(parent, f"{time.strftime('%Y%m%d-%H%M%S')}-data-{stats.name}")
+    target = folder or new_folder(parent, f"{time.strftime('%Y%m%d-%H%M%S')}-data-{stats.name}")
     target.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target / "data_stats.txt", stats_table(stats) + "\n")
     atomic_write_text(target / "data_stats.json", json.dumps(stats.to_dict()) + "\n")
@@ -172,16 +171,9 @@ def plot_stats(stats: DataStats, path: Path) -> Path:
         When matplotlib is not installed, naming the extra that installs it.
 
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ImportError(
-            "plots need the 'matplotlib' package, which is not installed; "
-            'install it with: pip install "fedml[plots]"'
-        ) from exc
-    figure = Figure(figsize=(8.0, 6.0), layout="tight")
-    FigureCanvasAgg(figure)
+    from fedml.plots import new_figure, save_png
+
+    figure = new_figure(8.0, 6.0)
     sizes, heat = figure.subplots(2, 1)
     clients = len(stats.train)
     if clients <= PLOT_CLIENTS:
@@ -200,19 +192,4 @@ def plot_stats(stats: DataStats, path: Path) -> Path:
     heat.set_ylabel("label")
     figure.colorbar(image, ax=heat, label="share of the client's samples")
     figure.suptitle(f"{stats.name}: {clients} clients")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    atomic_write(path, lambda file: file.write(buffer.getvalue()))
-    return path
-
-
-def _new_folder(parent: Path, name: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    candidate, n = parent / name, 1
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = parent / f"{name}-{n}"
+    return save_png(figure, path)
