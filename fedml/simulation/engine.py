@@ -74,9 +74,10 @@ def choose_engine(
         return "sequential", None
     if engine == "auto" and not auto_prefers_vectorized(args, device, model):
         log.info(
-            "engine: sequential (auto: CPU with %d clients per round and %d parameters)",
+            "engine: sequential (auto: CPU with %d clients per round and %d parameters%s)",
             args.client_num_per_round,
             _param_count(model),
+            ", convolutional" if _convolutional(model) else "",
         )
         return "sequential", None
     log.info("engine: vectorized (%s)", "train_args.engine" if engine == "vectorized" else "auto")
@@ -84,10 +85,21 @@ def choose_engine(
 
 
 def auto_prefers_vectorized(args: Any, device: torch.device, model: nn.Module) -> bool:
-    """Return the ``auto`` rule's preference, for a run the vectorized engine can train."""
+    """Return the ``auto`` rule's preference, for a run the vectorized engine can train.
+
+    On a CPU, convolutional models train sequentially: batched per-client convolutions measured slower
+    than one client at a time there (the FedAvg CIFAR CNN at 0.67x, ResNet-20 at 0.8-0.9x;
+    docs/models.md, benchmarks/datasets.py).
+    """
     if device.type == "cuda":
         return True
+    if _convolutional(model):
+        return False
     return args.client_num_per_round >= AUTO_MIN_CLIENTS and _param_count(model) <= AUTO_MAX_PARAMS
+
+
+def _convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
 def _param_count(model: nn.Module) -> int:
