@@ -17,13 +17,13 @@ pre-summed result (no server steps, the algorithm's server rule on the mean).
   peer was asked about. ``SecureParty`` is the peer's side, installed as handlers of ``RoundWorker``.
 
 What a client masks is its delta from the global model (floating-point tensors, flattened) followed by
-its ``train_loss``, weighted by its sample count; the server's mean state is the global state plus the
-weighted mean delta. Integer buffers (a batch-norm counter) are not summed: the global model's values
-are kept, as a sum of them would mean nothing and an individual one would leak. A round whose protocol
-fails (too few clients left to rebuild the masks, a tampered or replayed message) raises
-``SecAggError`` and the run fails closed; a stage that misses the participation policy raises
-``RoundIncompleteError`` and the driver's retry rules apply (a retry starts a new session with new
-keys and masks).
+its ``train_loss`` (clipped to ``sa_clip_range`` like every coordinate), weighted by its sample count;
+the server's mean state is the global state plus the weighted mean delta. Integer buffers (a
+batch-norm counter) are not summed: the global model's values are kept, as a sum of them would mean
+nothing and an individual one would leak. A round whose protocol fails (too few clients left to
+rebuild the masks, a tampered or replayed message) raises ``SecAggError`` and the run fails closed; a
+stage that misses the participation policy raises ``RoundIncompleteError`` and the driver's retry
+rules apply (a retry starts a new session with new keys and masks).
 """
 
 from __future__ import annotations
