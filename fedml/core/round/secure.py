@@ -383,7 +383,16 @@ class SecureRemoteBackend:
                     server.receive(part)
             server.close_stage()
         total, weight = server.result()
-        summed = summed_update(total, weight, len(server.survivors[2]), task.global_state)
+        masked, answered = server.survivors[2], server.survivors[3]
+        remote.log.info(
+            "Round %d: secure aggregation unmasked the sum of %d masked inputs (%d clients unmasked, "
+            "%d dropped before); no individual update reached the server",
+            round_idx + 1,
+            len(masked),
+            len(answered),
+            len(server.client_ids) - len(masked),
+        )
+        summed = summed_update(total, weight, len(masked), task.global_state)
         return _noised(summed, self.central, round_idx)
 
     @staticmethod
