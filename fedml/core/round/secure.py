@@ -19,11 +19,12 @@ pre-summed result (no server steps, the algorithm's server rule on the mean).
 What a client masks is its delta from the global model (floating-point tensors, flattened) followed by
 its ``train_loss`` (clipped to ``sa_clip_range`` like every coordinate), weighted by its sample count;
 the server's mean state is the global state plus the weighted mean delta. Integer buffers (a
-batch-norm counter) are not summed: the global model's values are kept, as a sum of them would mean
-nothing and an individual one would leak. A round whose protocol fails (too few clients left to
-rebuild the masks, a tampered or replayed message) raises ``SecAggError`` and the run fails closed; a
-stage that misses the participation policy raises ``RoundIncompleteError`` and the driver's retry
-rules apply (a retry starts a new session with new keys and masks).
+batch-norm counter) are not summed: the global model's values are kept (a sum of counters means
+nothing, and sending one in the clear would tell the server about its client). A round whose
+protocol fails (too few clients left to rebuild the masks, a tampered or replayed message) raises
+``SecAggError`` and the run fails closed; a stage that misses the participation policy raises
+``RoundIncompleteError`` and the driver's retry rules apply (a retry starts a new session with new
+keys and masks).
 """
 
 from __future__ import annotations
@@ -312,8 +313,6 @@ class SecureRemoteBackend:
         self.name = remote.name
         self.retries = remote.retries
         self.central = _central_dp(steps)
-        self.received: list[Message] = []
-        """Every message of the last round that reached the protocol, for inspection (tests)."""
 
     def open(self) -> None:
         """Wait for the peers (``RemoteBackend.open``)."""
@@ -344,7 +343,6 @@ class SecureRemoteBackend:
 
         """
         round_idx, remote = task.round_idx, self.remote
-        self.received = []
         shares = {peer: share for peer, share in remote.assignment(task.clients).items() if share}
         requests = {}
         for peer, share in shares.items():
@@ -356,7 +354,6 @@ class SecureRemoteBackend:
         replies = remote.exchange(TRAIN, round_idx, requests, sizes, task.wanted)
         host: dict[str, str] = {}
         for peer, message in replies.items():
-            self.received.append(message)
             for trained in self._trained(message, shares[peer]):
                 host[str(trained)] = peer
         server = SecAggServer(self.settings, round_idx, sorted(host, key=int))
@@ -379,7 +376,6 @@ class SecureRemoteBackend:
                             f"secure aggregation: peer {peer} sent a {stage} reply for client "
                             f"{part.metadata.get('client')!r:.40}, which it was not asked about"
                         )
-                    self.received.append(part)
                     server.receive(part)
             server.close_stage()
         total, weight = server.result()
