@@ -88,10 +88,12 @@ class Died(BaseException):
     """A peer process that dies: no error message reaches the server."""
 
 
-def run_secure_over_local(args, die=(), die_at=UNMASK, timeout=1.0):
+def run_secure_over_local(args, die=(), die_at=UNMASK, timeout=1.0, plain=(), tamper=None):
     """A secure round's server and three peers as threads over the LOCAL transport.
 
-    Returns the run's result and every message the server's endpoint received.
+    Peers in ``die`` die at stage ``die_at``; those in ``plain`` lack secure aggregation; peer 1's
+    protocol replies pass through ``tamper``. Returns the run's result and every message the server's
+    endpoint received.
     """
     hub = LocalHub(len(HOSTS) + 1)
     server = _simulator(args)
@@ -110,7 +112,11 @@ def run_secure_over_local(args, die=(), die_at=UNMASK, timeout=1.0):
         simulator = _simulator(args)
         counts = {c: simulator.dataset.local_sample_num(c) for c in HOSTS[peer]}
         worker = RoundWorker(hub.endpoint(int(peer)), simulator.local_backend(), counts, 30.0)
-        secure_worker(worker, args, simulator.steps)
+        if peer not in plain:
+            secure_worker(worker, args, simulator.steps)
+        if peer == "1" and tamper is not None:
+            honest = worker.handlers[MessageKind.SECURE_AGGREGATION]
+            worker.handlers[MessageKind.SECURE_AGGREGATION] = lambda message: tamper(*honest(message))
         if peer in die:
             respond = worker.handlers[MessageKind.SECURE_AGGREGATION]
 
@@ -266,3 +272,24 @@ def test_a_training_reply_in_the_clear_is_refused():
     liar = Message(MessageKind.CLIENT_UPDATE, "1", "0", 0, {"secure": True, "trained": [5]})
     with pytest.raises(SecAggError, match="peer 1 reports training clients it was not assigned"):
         SecureRemoteBackend._trained(liar, [0])
+
+
+def test_a_peer_without_secure_aggregation_never_sends_its_update_in_the_clear(make_args):
+    args = make_args(comm_round=1, **SECURE)
+    result, received = run_secure_over_local(args, plain=("3",))
+    errors = [m for m in received if m.kind == MessageKind.ERROR]
+    assert [m.sender for m in errors] == ["3"]
+    assert "has no secure_aggregation_args enabled" in errors[0].metadata["error"]
+    assert all(not m.tensors for m in received if m.kind == MessageKind.CLIENT_UPDATE)
+    assert result.final_metrics["clients"] == 4
+
+
+def test_a_peer_replying_for_a_client_it_was_not_asked_about_fails_the_round(make_args):
+    def impersonate(kind, metadata, tensors):
+        if metadata["stage"] == MASKED:
+            metadata["parts"][0]["client"] = "4"
+        return kind, metadata, tensors
+
+    args = make_args(comm_round=1, **SECURE)
+    with pytest.raises(SecAggError, match="peer 1 sent a sa_masked reply for client '4'"):
+        run_secure_over_local(args, tamper=impersonate)
