@@ -77,16 +77,25 @@ class SecureAggregation(ServerStep):
         The robust rules of the run (``defense_args``).
     adaptive_cdp
         True when central DP adapts its clip bound (it counts unclipped deltas per client).
+    dpsgd
+        True when clients train with DP-SGD (accounted from each client's own report).
 
     """
 
     name = "secure aggregation"
     needs_individual_updates = False
 
-    def __init__(self, settings: SecAggArgs, defense: Sequence[str] = (), adaptive_cdp: bool = False) -> None:
+    def __init__(
+        self,
+        settings: SecAggArgs,
+        defense: Sequence[str] = (),
+        adaptive_cdp: bool = False,
+        dpsgd: bool = False,
+    ) -> None:
         self.settings = settings
         self.defense = list(defense)
         self.adaptive_cdp = adaptive_cdp
+        self.dpsgd = dpsgd
 
     def describe(self) -> str:
         """Return the method and its parameters, for the log."""
@@ -97,7 +106,7 @@ class SecureAggregation(ServerStep):
         )
 
     def check(self, algorithm: Algorithm, backend: str, engine: str | None, presummed: bool) -> None:
-        """Refuse NCCL, algorithms that need each update, robust rules and adaptive central clipping.
+        """Refuse NCCL, algorithms that need each update, robust rules, adaptive clipping and DP-SGD.
 
         Raises
         ------
@@ -126,6 +135,11 @@ class SecureAggregation(ServerStep):
                 f"{why}, so dp_args.adaptive_clipping cannot count the unclipped deltas; use a fixed "
                 "dp_args.clipping_norm"
             )
+        if self.dpsgd:
+            raise SecAggError(
+                f"{why}, so dp_args.dp_solution_type dpsgd cannot be accounted from each client's report; "
+                "use ldp or cdp"
+            )
 
 
 def secure_aggregation_step(args: Any) -> SecureAggregation | None:
@@ -137,8 +151,9 @@ def secure_aggregation_step(args: Any) -> SecureAggregation | None:
     if settings is None:
         return None
     dp = read_settings(args, DPArgs)
-    adaptive = bool(dp.enable_dp and dp.dp_solution_type == "cdp" and dp.adaptive_clipping)
-    return SecureAggregation(settings, defense_chain(args.defense_args), adaptive)
+    mode = dp.dp_solution_type if dp.enable_dp else None
+    adaptive = bool(mode == "cdp" and dp.adaptive_clipping)
+    return SecureAggregation(settings, defense_chain(args.defense_args), adaptive, mode == "dpsgd")
 
 
 def client_input(

@@ -248,6 +248,7 @@ def test_central_dp_noise_goes_on_the_unmasked_mean(make_args):
             },
             "dp_args.adaptive_clipping",
         ),
+        ({"enable_dp": True, "dp_solution_type": "dpsgd", "noise_multiplier": 0.5}, "dpsgd"),
     ],
 )
 def test_what_needs_individual_updates_is_refused_at_start(make_args, overrides, named):
