@@ -116,6 +116,12 @@ class CentralDP(ServerStep):
                 f"; adaptive clipping to the {quantile:g} quantile (learning rate {rate:g}, clipped-count "
                 f"noise std {count_stddev:g}, update noise multiplier {self.update_noise:.4g})"
             )
+        if self.secure:
+            return (
+                f"Central DP under secure aggregation: each client clips its delta to {plan.clipping_norm:g} "
+                f"before masking, weights are equal, and the server adds noise of std "
+                f"{plan.noise_multiplier:.4g} x clip / clients to the unmasked mean"
+            )
         return (
             f"Central DP: the server clips each delta to {plan.clipping_norm:g}, averages with equal weights "
             f"and adds noise of std {plan.noise_multiplier:.4g} x clip / clients{adaptive}"

@@ -210,6 +210,9 @@ def test_central_dp_under_secure_aggregation_clips_on_the_clients_with_equal_wei
     settings = secagg_settings(args)
     assert settings is not None
     summed = SecureLocalBackend(local, settings, simulator.steps).train(task)
+    assert any(
+        "each client clips its delta to 0.05 before masking" in s.describe() for s in simulator.steps.all()
+    )
     assert summed.weight == len(updates)
     deltas = [delta_of(clipped(u.state, task.global_state, 0.05)[0], task.global_state) for u in updates]
     bound = sum_bound(len(updates), settings.sa_clip_range, settings.sa_bit_width) / len(updates)
