@@ -6,6 +6,7 @@ from typing import Any
 
 from fedml.core.comm.network import open_transport
 from fedml.core.round import RoundWorker
+from fedml.core.round.secure import secure_worker
 from fedml.errors import ConfigError
 from fedml.simulation.base import Simulator
 from fedml.tracking import RunResult, role_logger
@@ -63,4 +64,4 @@ class CrossSiloClient(Simulator):
                 lambda client: self.dataset.local_train(self.local), args.client_num_in_total
             )
             worker = RoundWorker(link, backend, counts, args.timeout + args.join_timeout)
-            return worker.run()
+            return secure_worker(worker, args, self.steps).run()

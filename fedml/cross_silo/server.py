@@ -6,6 +6,7 @@ from typing import Any
 
 from fedml.core.comm.network import open_transport
 from fedml.core.round import ParticipationPolicy, Quorum, RemoteBackend
+from fedml.core.round.secure import secure_remote
 from fedml.simulation.base import Simulator
 from fedml.tracking import RunResult
 
@@ -79,4 +80,4 @@ class CrossSiloServer(Simulator):
                 retries=args.round_retries,
                 log=rounds.log,
             )
-            return rounds.run(backend)
+            return rounds.run(secure_remote(backend, args, self.steps, self.algorithm))

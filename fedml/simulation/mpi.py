@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fedml.core.comm.mpi import MPITransport
 from fedml.core.round import AllReplies, RemoteBackend, RoundWorker
+from fedml.core.round.secure import secure_remote, secure_worker
 from fedml.errors import ConfigError, TransportError
 from fedml.simulation.base import Simulator
 from fedml.tracking import RunResult, role_logger
@@ -52,9 +53,9 @@ class MPISimulator(Simulator):
                     client_num=self.dataset.client_num,
                     log=rounds.log,
                 )
-                return rounds.run(backend)
+                return rounds.run(secure_remote(backend, args, self.steps, self.algorithm))
             worker = RoundWorker(transport, self.local_backend(), self.sample_counts(), args.timeout)
-            return worker.run()
+            return secure_worker(worker, args, self.steps).run()
         except TransportError as exc:
             role_logger(role, rank).error("Aborting the MPI job: %s", exc)
             transport.abort(1)

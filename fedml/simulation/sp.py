@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fedml.core.round.secure import secure_local
 from fedml.simulation.base import Simulator
 from fedml.tracking import RunResult
 
@@ -9,7 +10,9 @@ from fedml.tracking import RunResult
 class SPSimulator(Simulator):
     """Runs ``comm_round`` rounds of ``train_args.federated_optimizer`` in this process.
 
-    Clients train one by one or vectorized (``train_args.engine``; see ``Simulator``).
+    Clients train one by one or vectorized (``train_args.engine``; see ``Simulator``). With
+    ``secure_aggregation_args`` their updates are summed through the secure-aggregation protocol among
+    in-process parties (``fedml.core.round.secure``).
 
     Parameters
     ----------
@@ -20,4 +23,5 @@ class SPSimulator(Simulator):
 
     def run(self) -> RunResult:
         """Train and evaluate all rounds; return the final metrics, history and run directory."""
-        return self.rounds().run(self.local_backend())
+        backend = secure_local(self.local_backend(), self.args, self.steps, self.algorithm)
+        return self.rounds().run(backend)

@@ -33,6 +33,8 @@ class MessageKind(enum.IntEnum):
     """The server ends the run (metadata: the final metrics)."""
     ERROR = 5
     """A process failed; metadata ``error`` says why."""
+    SECURE_AGGREGATION = 6
+    """A stage of secure aggregation, both ways (metadata ``stage``; one part per client a peer hosts)."""
 
 
 @dataclass

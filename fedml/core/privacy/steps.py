@@ -4,7 +4,8 @@
   to ``clipping_norm`` and adds Gaussian noise of std ``noise_multiplier * clipping_norm`` before sending.
 - ``CentralDP`` (server step, ``cdp``): DP-FedAvg (McMahan et al. 2018). The server clips each delta,
   averages with equal weights and adds noise of std ``noise_multiplier * clipping_norm / m`` to the mean
-  (``m`` the updates averaged: ``client_num_per_round`` when every client replies). With
+  (``m`` the updates averaged: ``client_num_per_round`` when every client replies). Under secure
+  aggregation each client clips its own delta before masking and the noise goes on the unmasked mean. With
   ``adaptive_clipping`` the bound follows the ``target_quantile`` of the norms (Andrew et al. 2021)
   through a noised count of unclipped deltas.
 - ``PrivacyAccountant`` (server step, any mode): composes what was released, reports ``epsilon`` and
@@ -92,9 +93,12 @@ class CentralDP(ServerStep):
     name = "central DP"
     needs_individual_updates = True
 
-    def __init__(self, plan: PrivacyPlan, defense: Sequence[str] = ()) -> None:
+    def __init__(self, plan: PrivacyPlan, defense: Sequence[str] = (), secure: bool = False) -> None:
         self.plan = plan
         self.defense = list(defense)
+        self.secure = secure
+        # Under secure aggregation the clipping happens on the clients: the server sees only the sum.
+        self.needs_individual_updates = not secure
         self.clipping_norm = plan.clipping_norm
         self.update_noise = plan.noise_multiplier
         if plan.adaptive is not None:
@@ -112,6 +116,12 @@ class CentralDP(ServerStep):
                 f"; adaptive clipping to the {quantile:g} quantile (learning rate {rate:g}, clipped-count "
                 f"noise std {count_stddev:g}, update noise multiplier {self.update_noise:.4g})"
             )
+        if self.secure:
+            return (
+                f"Central DP under secure aggregation: each client clips its delta to {plan.clipping_norm:g} "
+                f"before masking, weights are equal, and the server adds noise of std "
+                f"{plan.noise_multiplier:.4g} x clip / clients to the unmasked mean"
+            )
         return (
             f"Central DP: the server clips each delta to {plan.clipping_norm:g}, averages with equal weights "
             f"and adds noise of std {plan.noise_multiplier:.4g} x clip / clients{adaptive}"
@@ -126,7 +136,7 @@ class CentralDP(ServerStep):
             Naming the backend, algorithm or rule, and what works instead.
 
         """
-        if presummed:
+        if presummed and not self.secure:
             raise PrivacyError(
                 f"dp_args.dp_solution_type cdp clips each client's delta on the server, but "
                 f"comm_args.backend {backend} sums them first; use ldp or dpsgd there, or backend sp or MPI"
@@ -161,6 +171,18 @@ class CentralDP(ServerStep):
         if plan.adaptive is not None:
             self._adapt(unclipped, len(out))
         return out
+
+    def noise_presummed(self, summed: SummedUpdate, round_idx: int) -> SummedUpdate:
+        """Return a secure-aggregation round's mean with this round's central noise added.
+
+        Under secure aggregation each client clipped its delta to ``clipping_norm`` and sent weight 1
+        before masking, so ``summed`` is DP-FedAvg's equal-weight mean of clipped deltas; the noise of
+        std ``noise_multiplier * clipping_norm / clients`` goes on the unmasked mean.
+        """
+        plan = self.plan
+        generator = noise_generator(plan.seeded, plan.seed, CENTRAL_NOISE_STREAM, round_idx)
+        std = self.update_noise * self.clipping_norm / max(summed.clients, 1)
+        return dataclasses.replace(summed, state=add_gaussian(summed.state, std, generator))
 
     def wrap_aggregator(self, aggregator: Aggregator, updates: list[Update], ctx: RoundContext) -> Aggregator:
         """Return ``aggregator`` whose combined state gets this round's central noise."""
@@ -387,7 +409,10 @@ def central_dp_step(args: Any) -> CentralDP | None:
     plan = privacy_plan(args)
     if plan is None or plan.mode != "cdp":
         return None
-    return CentralDP(plan, defense_chain(args.defense_args))
+    from fedml.core.round.secure import secagg_settings
+
+    secure = secagg_settings(args) is not None
+    return CentralDP(plan, defense_chain(args.defense_args), secure)
 
 
 def accountant_step(args: Any) -> PrivacyAccountant | None:

@@ -262,10 +262,7 @@ class RemoteBackend:
             If fewer replies than the policy requires arrive by its deadline.
 
         """
-        online = self._online()
-        counts = {c: n for p in online for c, n in self.peers[p].clients.items()}
-        hosts = {p: self.peers[p].clients.keys() for p in online}
-        shares = assign_clients(task.clients, counts, online, hosts)
+        shares = self.assignment(task.clients)
         requests = {
             peer: pack_assignment(task.global_state, {c: task.payloads.get(c, {}) for c in share})
             for peer, share in shares.items()
@@ -281,6 +278,20 @@ class RemoteBackend:
         for message in replies.values():
             updates.extend(unpack_updates(message))
         return sorted(updates, key=lambda u: u.client_idx)
+
+    def assignment(self, clients: Sequence[int]) -> dict[str, list[int]]:
+        """Return which online peer trains which of ``clients`` (``assign_clients`` by sample counts).
+
+        Raises
+        ------
+        TransportError
+            If no online peer hosts one of the clients.
+
+        """
+        online = self._online()
+        counts = {c: n for p in online for c, n in self.peers[p].clients.items()}
+        hosts = {p: self.peers[p].clients.keys() for p in online}
+        return assign_clients(clients, counts, online, hosts)
 
     def exchange(
         self,

@@ -104,6 +104,12 @@ class RoundWorker:
 
     def train(self, message: Message) -> tuple[MessageKind, dict[str, Any], dict[str, torch.Tensor]]:
         """Train the clients named in a ``SYNC_MODEL`` message from the state it carries."""
+        if message.metadata.get("secure"):
+            # Fail closed: a peer without secure aggregation would send its updates in the clear.
+            raise ProtocolError(
+                f"peer {self.transport.address} got a secure-aggregation round but has no "
+                "secure_aggregation_args enabled: every process must load the same configuration"
+            )
         clients, state, payloads = unpack_assignment(message)
         self.log.debug("Round %d: training clients %s", message.round_idx + 1, clients)
         task = RoundTask(message.round_idx, state, clients, payloads, len(clients))

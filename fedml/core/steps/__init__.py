@@ -121,7 +121,7 @@ class StepEntry:
 
 CLIENT_STEPS: Registry[StepEntry] = Registry("client step", key="steps")
 """Client-side steps, run in ``position`` order: attack simulation (10), local DP (30); secure-aggregation
-masking takes a later position."""
+masking comes after the whole chain (``fedml.core.round.secure``)."""
 
 SERVER_STEPS: Registry[StepEntry] = Registry("server step", key="steps")
 """Server-side steps, run in ``position`` order: unmasking comes first, then robust filters (20), central
@@ -269,6 +269,19 @@ CLIENT_STEPS.register(
     "local_dp", StepEntry(_local_dp_step, position=30), settings="fedml.core.privacy.settings:DPArgs"
 )
 SERVER_STEPS.register("central_dp", StepEntry(_central_dp_step, position=30))
+
+
+def _secure_aggregation_step(args: Any) -> Step | None:
+    from fedml.core.round.secure import secure_aggregation_step
+
+    return secure_aggregation_step(args)
+
+
+SERVER_STEPS.register(
+    "secure_aggregation",
+    StepEntry(_secure_aggregation_step, position=5),
+    settings="fedml.core.privacy.secagg.settings:SecAggArgs",
+)
 SERVER_STEPS.register("dp_accountant", StepEntry(_accountant_step, position=90))
 
 __all__ = [

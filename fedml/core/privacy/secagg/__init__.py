@@ -3,7 +3,8 @@
 The protocol core, independent of any transport: ``SecAggClient`` and ``SecAggServer`` are state
 machines over four stages whose messages travel as ``Message``s through the normal codec;
 ``run_secagg_round`` runs a whole round in one process. ``field`` documents the ring, the quantization
-and its error bound; ``settings`` the keys of ``secure_aggregation_args``.
+and its error bound; ``settings`` the keys of ``secure_aggregation_args``. ``fedml.core.round.secure``
+runs it in the round (sp, MPI, cross-silo).
 """
 
 from fedml.core.privacy.secagg.client import SecAggClient
