@@ -93,6 +93,7 @@ def host(spec: dict) -> None:
     print("ready", flush=True)
     later: list[tuple[float, int, Message]] = []
     finished: set[int] = set()
+    dropped: set[tuple[int, int]] = set()
     while len(finished) < len(links):
         busy = False
         while later and later[0][0] <= time.monotonic():
@@ -115,7 +116,10 @@ def host(spec: dict) -> None:
             if message.kind != MessageKind.SYNC_MODEL:
                 continue
             fate = chance(spec["seed"], device, message.round_idx)
-            if fate < spec["drop"]:
+            first = (device, message.round_idx) not in dropped
+            if fate < spec["drop"] and first:
+                # Once per task: a device that rejoins gets the task again and then does it.
+                dropped.add((device, message.round_idx))
                 # Mid-task: the connection dies without a DISCONNECT, so the broker publishes the will;
                 # paho reconnects and the transport registers again.
                 raw = link.client.socket()
@@ -128,7 +132,7 @@ def host(spec: dict) -> None:
             reply = Message(
                 MessageKind.CLIENT_UPDATE, link.address, "0", message.round_idx, metadata, tensors
             )
-            if fate < spec["drop"] + spec["straggle"]:
+            if spec["drop"] <= fate < spec["drop"] + spec["straggle"]:
                 heapq.heappush(later, (time.monotonic() + spec["deadline"] + 2.0, device, reply))
             else:
                 link.send(reply)
@@ -228,6 +232,9 @@ def run_mode(mode: str, options: argparse.Namespace, broker, passwords: dict, fo
             raise SystemExit(f"a device host of the {mode} run failed at start-up")
     connected = connections(broker.process.pid)
     began = time.monotonic()
+    # To a file, not a pipe: a thousand devices make many log lines, and a full pipe would block it.
+    log = folder / f"{mode}-server.log"
+    sink = log.open("w")  # closed once the server has exited
     server = subprocess.Popen(
         [
             sys.executable,
@@ -244,15 +251,15 @@ def run_mode(mode: str, options: argparse.Namespace, broker, passwords: dict, fo
             run_id,
         ],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=sink,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     peak = 0
     while server.poll() is None:
         peak = max(peak, peak_kib(server.pid))
         time.sleep(0.2)
-    output = server.stdout.read() if server.stdout else ""
+    sink.close()
+    output = log.read_text(errors="replace")
     wall = time.monotonic() - began
     for process in hosts:
         # A device offline when the server ended never hears FINISH: its host is stopped.
@@ -334,9 +341,8 @@ def edge_footprint(broker, passwords: dict, folder: Path) -> dict:
             run_id,
         ],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     edge_job = {
         **job,
