@@ -1,4 +1,4 @@
-"""The ``fedml`` command line: simulate, run, server, client, launch, certs, env, runs, data and jobs.
+"""The ``fedml`` command line: simulate, run, server, client, launch, certs, devices, env, runs, jobs, data.
 
 User errors print one clear message and exit with a code by kind: 2 for configuration errors, 3 for
 combinations not built yet, 1 for any other fedml error.
@@ -25,6 +25,7 @@ commands:
   client     run silo --rank N of a cross-silo job
   launch     start a server and --clients N silos on this machine, with prefixed logs
   certs      make a CA and TLS certificates for a test deployment
+  devices    write per-device broker credentials for a cross-device deployment
   env        print versions of fedml, Python, torch and the optional backends
   runs       list, show, compare and plot the run directories under tracking_args.run_dir
   data       print per-client sample counts and label histograms of the configured partition
@@ -66,6 +67,18 @@ Mosquitto of its own on a free loopback port.
 Write a CA (ca.pem, ca.key), a server certificate valid for each --host (server.pem, server.key;
 default 127.0.0.1 and localhost) and a client certificate per --client NAME (NAME.pem, NAME.key) for
 mutual TLS. Point comm_args.tls_ca_file, tls_cert_file and tls_key_file at them.
+""",
+    "devices": """usage: fedml devices credentials --count N --out DIR [--server-user U] [--host H] [--port P]
+                                  [--insecure] [--cf FILE]
+
+Write per-device MQTT credentials into DIR, every file owner-only: passwd (a Mosquitto password
+file with the server's user, default fedml-server, and devices 1..N, each logging in as its id),
+acl (each device reads only its own task topic and writes only its own update topic),
+mosquitto.conf (a snippet using both), server.yaml (the server's comm_args) and
+devices/device-N.yaml with devices/device-N.password (device N's edge configuration: its id, the
+broker at --host/--port, default 127.0.0.1:8883 with TLS, and its password file). With --cf FILE
+each device's YAML is that job configuration plus its own comm_args. docs/cross_device.md has the
+whole recipe.
 """,
     "env": """usage: fedml env
 
@@ -130,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "client": _client,
         "launch": _launch,
         "certs": _certs,
+        "devices": _devices,
         "env": _env,
         "runs": _runs,
         "data": _data,
@@ -203,6 +217,32 @@ def _certs(argv: list[str]) -> None:
     files = make_deployment(Path(known.out), hosts, known.clients, days=known.days)
     for name, pair in files.items():
         sys.stdout.write(f"{name}: {pair.cert} {pair.key}\n")
+
+
+def _devices(argv: list[str]) -> None:
+    from fedml.cross_device.credentials import SERVER_USER, generate_credentials, write_credentials
+
+    parser = argparse.ArgumentParser(prog="fedml devices credentials", add_help=False)
+    parser.add_argument("action", choices=["credentials"])
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--server-user", dest="server_user", default=SERVER_USER)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--cf", "--config_file", dest="config_file")
+    known, rest = _parse(parser, argv)
+    if rest:
+        raise ConfigError(f"fedml devices credentials: unexpected arguments {rest}")
+    port = known.port or (1883 if known.insecure else 8883)
+    credentials = generate_credentials(known.count, known.server_user)
+    job = Path(known.config_file) if known.config_file else None
+    files = write_credentials(Path(known.out), credentials, known.host, port, not known.insecure, job)
+    sys.stdout.write(
+        f"Wrote credentials for {known.count} device(s) and the server ({known.server_user}) into "
+        f"{known.out}: {', '.join(name for name in files if not name.startswith('device-'))} and "
+        f"devices/device-N.yaml\n"
+    )
 
 
 def _parse(

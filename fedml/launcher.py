@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,6 +29,9 @@ from fedml.config import load_arguments, parse_command_line
 from fedml.core.comm.broker import BrokerTLS, MosquittoBroker, free_port
 from fedml.core.files import atomic_write_text
 from fedml.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedml.cross_device.credentials import Credentials
 
 CLIENT_GRACE = 30.0
 """Seconds the clients get to finish after the server has exited, before they are stopped."""
@@ -78,8 +81,16 @@ def launch(config_file: str, clients: int, argv: Sequence[str] = (), out: IO[str
             stack.callback(signal.signal, signal.SIGTERM, previous)
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedml-launch-")))
         job = _job_config(raw, args, clients, overrides)
+        # Cross-device: every device logs in with its own credentials, kept to its topics by the ACL.
+        devices: dict[str, str] = {}
         if args.backend == "MQTT" and not _configured(raw, overrides, "comm_args", "host", "port"):
-            broker = stack.enter_context(_broker())
+            credentials = None
+            if args.training_type == "cross_device":
+                from fedml.cross_device.credentials import generate_credentials
+
+                credentials = generate_credentials(clients)
+                devices = credentials.devices
+            broker = stack.enter_context(_broker(credentials))
             job["comm_args"].update(
                 host=broker.host,
                 port=broker.port,
@@ -89,13 +100,26 @@ def launch(config_file: str, clients: int, argv: Sequence[str] = (), out: IO[str
         job_file = folder / "job.yaml"
         atomic_write_text(job_file, yaml.safe_dump(job, sort_keys=False))
         run_id = f"launch-{secrets.token_hex(4)}"
-        command = [sys.executable, "-m", "fedml", "run", "--cf", str(job_file), "--run_id", run_id, *argv]
-        server = _Process([*command, "--rank", "0", "--role", "server"], "server", stream)
+
+        def command(cf: Path) -> list[str]:
+            return [sys.executable, "-m", "fedml", "run", "--cf", str(cf), "--run_id", run_id, *argv]
+
+        server = _Process([*command(job_file), "--rank", "0", "--role", "server"], "server", stream)
         silos = []
         try:
             for rank in range(1, clients + 1):
+                client_file = job_file
+                if devices:
+                    client_file = folder / f"device-{rank}.yaml"
+                    device = {**job, "comm_args": {**job["comm_args"], "broker_username": str(rank)}}
+                    device["comm_args"]["broker_password"] = devices[str(rank)]
+                    atomic_write_text(client_file, yaml.safe_dump(device, sort_keys=False))
                 silos.append(
-                    _Process([*command, "--rank", str(rank), "--role", "client"], f"client {rank}", stream)
+                    _Process(
+                        [*command(client_file), "--rank", str(rank), "--role", "client"],
+                        f"client {rank}",
+                        stream,
+                    )
                 )
         finally:
             code = _wait(server, silos)
@@ -131,12 +155,24 @@ def _job_config(raw: dict[str, Any], args: Any, clients: int, overrides: dict[st
 
 
 @contextmanager
-def _broker() -> Iterator[MosquittoBroker]:
-    """Start a Mosquitto for the job: TLS with the development CA, a free loopback port, a new password."""
+def _broker(credentials: Credentials | None = None) -> Iterator[MosquittoBroker]:
+    """Start a Mosquitto for the job: TLS with the development CA, a free loopback port, a new password.
+
+    With ``credentials`` (cross-device) the server logs in as their server user and each device as
+    its id with its own password, under ``fedml_acl``.
+    """
     from fedml.core.comm.certs import dev_certificates
 
     dev = dev_certificates()
-    with MosquittoBroker(tls=BrokerTLS(dev.server.cert, dev.server.key, dev.ca)) as broker:
+    tls = BrokerTLS(dev.server.cert, dev.server.key, dev.ca)
+    logins: dict[str, Any] = {}
+    if credentials is not None:
+        logins = {
+            "username": credentials.server_user,
+            "password": credentials.server_password,
+            "devices": credentials.devices,
+        }
+    with MosquittoBroker(tls=tls, **logins) as broker:
         yield broker
 
 

@@ -40,7 +40,19 @@ def test_env_and_unknown_command():
 
 
 def test_every_subcommand_has_help():
-    for command in ("simulate", "run", "server", "client", "launch", "certs", "env", "runs", "data", "jobs"):
+    for command in (
+        "simulate",
+        "run",
+        "server",
+        "client",
+        "launch",
+        "certs",
+        "env",
+        "runs",
+        "data",
+        "jobs",
+        "devices",
+    ):
         out = run_python("-m", "fedml", command, "--help")
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"usage: fedml {command}")

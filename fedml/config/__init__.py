@@ -90,8 +90,11 @@ def component_registries() -> tuple[Registry[Any], ...]:
 
 
 def component_settings() -> list[type[ComponentSettings]]:
-    """Return the settings models that the component registries declare."""
-    return [model for registry in component_registries() for model in registry.settings_models()]
+    """Return the settings models that the component registries declare, and the cross-device keys."""
+    from fedml.cross_device.settings import EdgeSettings, FedBuffSettings
+
+    declared = [model for registry in component_registries() for model in registry.settings_models()]
+    return [*declared, FedBuffSettings, EdgeSettings]
 
 
 SECTIONS = _Schema()

@@ -26,22 +26,32 @@ def init_edge(
 ) -> Arguments:
     """Read an edge device's configuration: ``--device_id N`` (or ``--rank N``), ``--cf``, ``key=value``.
 
-    The run is ``training_type: cross_device`` and this process a client.
+    The run is ``training_type: cross_device`` and this process a client. Without ``--device_id`` the
+    configuration's ``comm_args.device_id`` says which device this is; ``comm_args.broker_password_file``
+    gives the broker password from a file (``fedml devices credentials`` writes both).
 
     Raises
     ------
     ConfigError
-        Without a device id of 1 or more.
+        Without a device id of 1 or more, or when the password file cannot be read.
 
     """
     tokens = list(argv) if argv is not None else None
     tokens = _device_id_as_rank(tokens)
     cli_file, identity, cli_overrides = parse_command_line(tokens)
-    if identity["rank"] < 1:
-        raise ConfigError("an edge device needs --device_id N (1, 2, ...): which device this process is")
     identity["role"] = "client"
     merged = {**cli_overrides, **(overrides or {}), "training_type": "cross_device"}
     args = load_arguments(config_file if config_file is not None else cli_file, merged, **identity)
+    if args.rank < 1 and args.device_id is not None:
+        args.rank = args.device_id
+    if args.rank < 1:
+        raise ConfigError("an edge device needs --device_id N (1, 2, ...): which device this process is")
+    if args.broker_password_file:
+        path = Path(args.broker_password_file).expanduser()
+        try:
+            args.broker_password = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"comm_args.broker_password_file: cannot read {path}: {exc.strerror}") from exc
     configure_logging(args.log_level)
     return args
 

@@ -199,22 +199,7 @@ class MosquittoBroker:
 
     def _write_files(self, directory: Path, passwd_binary: str) -> Path:
         passwords = directory / "passwd"
-        try:
-            users = [(self.username, self.password), *self.devices.items()]
-            for index, (user, password) in enumerate(users):
-                create = ["-c"] if index == 0 else []
-                subprocess.run(
-                    [passwd_binary, "-b", *create, str(passwords), user, password],
-                    check=True,
-                    capture_output=True,
-                    timeout=30,
-                )
-        except subprocess.CalledProcessError as exc:
-            raise TransportError(
-                f"mosquitto_passwd failed: {exc.stderr.decode(errors='replace').strip()}"
-            ) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise TransportError("mosquitto_passwd did not finish within 30 s") from exc
+        _run_passwd(passwd_binary, passwords, {self.username: self.password, **self.devices})
         owner = _broker_user()
         lines = [
             "per_listener_settings false",
@@ -321,6 +306,50 @@ def fedml_acl(server_user: str) -> str:
         )
         + "\n"
     )
+
+
+def write_password_file(
+    path: Path, users: Mapping[str, str], passwd_binary: str = "mosquitto_passwd"
+) -> None:
+    """Write a Mosquitto password file of ``users`` (username -> password) to ``path``, atomically.
+
+    ``mosquitto_passwd`` hashes the passwords into a file next to ``path``, which then replaces it
+    (owner-only, 0600).
+
+    Raises
+    ------
+    TransportError
+        If ``mosquitto_passwd`` is missing or fails, or a username holds ``:`` or a newline.
+
+    """
+    for user, password in users.items():
+        if ":" in user or "\n" in user + password:
+            raise TransportError(f"broker user {user!r:.40}: a username may not contain ':' nor a newline")
+    scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        _run_passwd(_find(passwd_binary), scratch / "passwd", users)
+        (scratch / "passwd").chmod(0o600)
+        os.replace(scratch / "passwd", path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_passwd(passwd_binary: str, path: Path, users: Mapping[str, str]) -> None:
+    try:
+        for index, (user, password) in enumerate(users.items()):
+            create = ["-c"] if index == 0 else []
+            subprocess.run(
+                [passwd_binary, "-b", *create, str(path), user, password],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+    except subprocess.CalledProcessError as exc:
+        raise TransportError(
+            f"mosquitto_passwd failed: {exc.stderr.decode(errors='replace').strip()}"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise TransportError("mosquitto_passwd did not finish within 30 s") from exc
 
 
 def find_mosquitto(binary: str = "mosquitto") -> str | None:
