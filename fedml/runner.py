@@ -32,12 +32,15 @@ RUNNERS: Registry[RunnerFactory] = Registry("runner", key="common_args.training_
 """Runners by ``"<training_type>/<backend>"``."""
 
 
-def register_runner(training_type: str, backend: str, factory: RunnerFactory | str) -> None:
+def register_runner(
+    training_type: str, backend: str, factory: RunnerFactory | str, settings: Any = None
+) -> None:
     """Make ``factory`` the runner for ``common_args.training_type`` and ``comm_args.backend``.
 
-    ``factory`` may be ``"module:attribute"``, imported on first use.
+    ``factory`` may be ``"module:attribute"``, imported on first use; ``settings`` is the
+    ``ComponentSettings`` model (or ``"module:Model"``) of the YAML keys the runner adds.
     """
-    RUNNERS.register(f"{training_type}/{backend}", factory)
+    RUNNERS.register(f"{training_type}/{backend}", factory, settings=settings)
 
 
 def available_runners() -> list[tuple[str, str]]:
@@ -98,4 +101,9 @@ register_runner("simulation", "MPI", "fedml.simulation.mpi:MPISimulator")
 register_runner("simulation", "NCCL", "fedml.simulation.nccl:NCCLSimulator")
 register_runner("cross_silo", "GRPC", "fedml.cross_silo:cross_silo_runner")
 register_runner("cross_silo", "MQTT", "fedml.cross_silo:cross_silo_runner")
-register_runner("cross_device", "MQTT", "fedml.cross_device:cross_device_runner")
+register_runner(
+    "cross_device",
+    "MQTT",
+    "fedml.cross_device:cross_device_runner",
+    "fedml.cross_device.settings:FedBuffSettings",
+)

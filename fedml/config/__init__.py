@@ -81,20 +81,19 @@ class _Schema(Mapping[str, type[Section]]):
 
 
 def component_registries() -> tuple[Registry[Any], ...]:
-    """Return the registries whose entries declare YAML keys: algorithms, steps and datasets."""
+    """Return the registries whose entries declare YAML keys (algorithms, steps, datasets, runners, ...)."""
     from fedml.core.algorithms import ALGORITHMS
+    from fedml.core.comm.base import TRANSPORTS
     from fedml.core.steps import CLIENT_STEPS, SERVER_STEPS
     from fedml.data import DATASETS
+    from fedml.runner import RUNNERS
 
-    return (ALGORITHMS, CLIENT_STEPS, SERVER_STEPS, DATASETS)
+    return (ALGORITHMS, CLIENT_STEPS, SERVER_STEPS, DATASETS, RUNNERS, TRANSPORTS)
 
 
 def component_settings() -> list[type[ComponentSettings]]:
-    """Return the settings models that the component registries declare, and the cross-device keys."""
-    from fedml.cross_device.settings import EdgeSettings, FedBuffSettings
-
-    declared = [model for registry in component_registries() for model in registry.settings_models()]
-    return [*declared, FedBuffSettings, EdgeSettings]
+    """Return the settings models that the component registries declare."""
+    return [model for registry in component_registries() for model in registry.settings_models()]
 
 
 SECTIONS = _Schema()

@@ -66,7 +66,9 @@ TRANSPORTS: Registry[Callable[..., Transport]] = Registry(
 """Transports by ``comm_args.backend`` name (case-insensitive)."""
 
 
-def register_transport(name: str, factory: Callable[..., Transport] | str, extra: str | None = None) -> None:
+def register_transport(
+    name: str, factory: Callable[..., Transport] | str, extra: str | None = None, settings: Any = None
+) -> None:
     """Make a transport available as ``comm_args.backend: name`` (case-insensitive).
 
     Parameters
@@ -78,9 +80,11 @@ def register_transport(name: str, factory: Callable[..., Transport] | str, extra
         optional packages load only when that backend is chosen.
     extra
         The pip extra that provides the backend's package, named in the error when it is missing.
+    settings
+        The ``ComponentSettings`` model (or ``"module:Model"``) of the YAML keys the transport adds.
 
     """
-    TRANSPORTS.register(name, factory, extra=extra)
+    TRANSPORTS.register(name, factory, extra=extra, settings=settings)
 
 
 def transport_names() -> list[str]:
@@ -116,4 +120,9 @@ def require(package: str, extra: str) -> Any:
 register_transport("LOCAL", "fedml.core.comm.local:LocalTransport")
 register_transport("MPI", "fedml.core.comm.mpi:MPITransport", extra="mpi")
 register_transport("GRPC", "fedml.core.comm.grpc:GrpcTransport", extra="grpc")
-register_transport("MQTT", "fedml.core.comm.mqtt:MqttTransport", extra="mqtt")
+register_transport(
+    "MQTT",
+    "fedml.core.comm.mqtt:MqttTransport",
+    extra="mqtt",
+    settings="fedml.cross_device.settings:EdgeSettings",
+)
