@@ -81,31 +81,44 @@ def fully_connected(n: int) -> Graph:
 
 
 def random_regular(n: int, degree: int, seed: int) -> Graph:
-    """Return a connected random ``degree``-regular graph, drawn by the pairing model (seeded).
+    """Return a connected random ``degree``-regular graph (seeded).
+
+    Starts from the circulant graph (``i`` joined to ``i +- 1 .. degree // 2``, and to ``i + n / 2``
+    for an odd degree) and randomizes it by degree-preserving double-edge swaps that keep it simple,
+    until it is connected: unlike rejection of the pairing model, this always ends quickly.
 
     Raises
     ------
     ConfigError
-        If no such graph exists (``degree >= n``, or ``n * degree`` odd).
+        If no connected such graph exists (``degree >= n``, ``n * degree`` odd, or degree 1 on more
+        than 2 nodes).
 
     """
     _check_size(n, 2)
-    if not 1 <= degree < n or (n * degree) % 2:
+    if not 1 <= degree < n or (n * degree) % 2 or (degree == 1 and n > 2):
         raise ConfigError(
-            f"topology_args.degree {degree}: no {degree}-regular graph on {n} nodes (needs 1 <= degree < n "
-            "and n * degree even)"
+            f"topology_args.degree {degree}: no connected {degree}-regular graph on {n} nodes (needs "
+            "2 <= degree < n and n * degree even)"
         )
+    graph = np.zeros((n, n), dtype=np.int64)
+    offsets = [*range(1, degree // 2 + 1), *([n // 2] if degree % 2 else [])]
+    for i in range(n):
+        for offset in offsets:
+            graph[i, (i + offset) % n] = graph[(i + offset) % n, i] = 1
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x70_9010]))
-    for _ in range(1000):
-        stubs = rng.permutation(np.repeat(np.arange(n), degree)).reshape(-1, 2)
-        graph = np.zeros((n, n), dtype=np.int64)
-        if np.any(stubs[:, 0] == stubs[:, 1]):
-            continue
-        # np.add.at counts a repeated pair twice (fancy-index += would count it once), so a draw with
-        # a double edge is seen and redrawn.
-        np.add.at(graph, (stubs[:, 0], stubs[:, 1]), 1)
-        np.add.at(graph, (stubs[:, 1], stubs[:, 0]), 1)
-        if graph.max() == 1 and is_connected(graph):
+    edges = [tuple(e) for e in np.argwhere(np.triu(graph))]
+    for _ in range(100):
+        for _ in range(10 * len(edges)):
+            first, second = rng.choice(len(edges), size=2, replace=False)
+            (a, b), (c, d) = edges[first], edges[second]
+            if rng.random() < 0.5:
+                c, d = d, c
+            if len({a, b, c, d}) < 4 or graph[a, d] or graph[c, b]:
+                continue
+            graph[a, b] = graph[b, a] = graph[c, d] = graph[d, c] = 0
+            graph[a, d] = graph[d, a] = graph[c, b] = graph[b, c] = 1
+            edges[first], edges[second] = (a, d), (c, b)
+        if is_connected(graph):
             return graph
     raise ConfigError(
         f"topology_args.degree {degree}: no connected {degree}-regular graph on {n} nodes found"

@@ -34,15 +34,18 @@ def test_every_graph_is_a_symmetric_connected_simple_graph_with_a_doubly_stochas
     assert 0 < spectral_gap(weights) <= 1
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.integers(4, 30), st.integers(2, 5), st.integers(0, 10_000))
-def test_random_regular_graphs_are_regular_and_seeded(n, degree, seed):
-    if degree >= n or (n * degree) % 2:
-        with pytest.raises(ConfigError, match=r"no \d+-regular graph"):
+@settings(max_examples=200, deadline=None)
+@given(st.integers(4, 40), st.integers(1, 7), st.integers(0, 10_000))
+def test_random_regular_graphs_are_regular_connected_and_seeded(n, degree, seed):
+    if degree >= n or (n * degree) % 2 or degree == 1:
+        with pytest.raises(ConfigError, match=r"no connected \d+-regular graph"):
             random_regular(n, degree, seed)
         return
     graph = random_regular(n, degree, seed)
     assert (graph.sum(axis=1) == degree).all()
+    assert np.array_equal(graph, graph.T)
+    assert not np.diag(graph).any()
+    assert is_connected(graph)
     assert np.array_equal(graph, random_regular(n, degree, seed))
 
 
