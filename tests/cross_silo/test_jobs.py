@@ -153,7 +153,8 @@ def test_a_nan_and_a_wrongly_shaped_update_are_dropped_naming_their_clients(job,
 
 def test_a_killed_server_resumes_from_its_checkpoint_and_the_silos_carry_on(job, tmp_path):
     runs = tmp_path / "runs"
-    args = common(tmp_path, *network("GRPC", None), "comm_round=6", "epochs=2", "checkpoint_frequency=1")
+    # Rounds long enough (and enough of them) that the kill lands mid-run however fast the runner is.
+    args = common(tmp_path, *network("GRPC", None), "comm_round=12", "epochs=5", "checkpoint_frequency=1")
     first = job.seed("server", 0, *args)
     silos = [job.seed(f"client{rank}", rank, *args) for rank in (1, 2)]
     first.wait_for(r"Round 3: Training completed", 120)
@@ -161,13 +162,15 @@ def test_a_killed_server_resumes_from_its_checkpoint_and_the_silos_carry_on(job,
     (crashed,) = list(runs.iterdir())
     again = job.seed("server-again", 0, *args, f"resume_from={crashed / 'checkpoint.pt'}")
     assert again.wait(120) == 0, again.output()
-    assert re.search(r"Resumed from .* after round [34]", again.output())
+    resumed_after = re.search(r"Resumed from .* after round (\d+)", again.output())
+    assert resumed_after
+    assert 3 <= int(resumed_after.group(1)) < 12
     assert re.search(FINAL, again.output())
     for silo in silos:
         assert silo.wait(30) == 0, silo.output()
     (resumed,) = [d for d in runs.iterdir() if d != crashed]
     records = (resumed / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["round"] for line in records] == [1, 2, 3, 4, 5, 6]
+    assert [json.loads(line)["round"] for line in records] == list(range(1, 13))
 
 
 def test_mutual_tls_with_certificates_from_fedml_certs(job, tmp_path):
