@@ -81,14 +81,15 @@ class _Schema(Mapping[str, type[Section]]):
 
 
 def component_registries() -> tuple[Registry[Any], ...]:
-    """Return the registries whose entries declare YAML keys (algorithms, steps, datasets, runners, ...)."""
+    """Return the registries whose entries declare YAML keys (algorithms, steps, runners, topologies, ...)."""
     from fedml.core.algorithms import ALGORITHMS
     from fedml.core.comm.base import TRANSPORTS
     from fedml.core.steps import CLIENT_STEPS, SERVER_STEPS
     from fedml.data import DATASETS
     from fedml.runner import RUNNERS
+    from fedml.simulation.topologies import TOPOLOGIES
 
-    return (ALGORITHMS, CLIENT_STEPS, SERVER_STEPS, DATASETS, RUNNERS, TRANSPORTS)
+    return (ALGORITHMS, CLIENT_STEPS, SERVER_STEPS, DATASETS, RUNNERS, TRANSPORTS, TOPOLOGIES)
 
 
 def component_settings() -> list[type[ComponentSettings]]:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from fedml.errors import ConfigError
 
-BACKENDS = ("sp", "MPI", "NCCL", "GRPC", "MQTT")
+BACKENDS = ("sp", "MPI", "NCCL", "GRPC", "MQTT", "TRPC")
 """Every ``comm_args.backend`` name fedml knows; which run for which training type is the runner's table."""
 
 
@@ -70,10 +70,16 @@ def read_settings(args: Any, model: type[ComponentSettings]) -> Any:
 
 
 class CommonArgs(Section):
-    """``common_args``: what kind of run this is and its seed."""
+    """``common_args``: what kind of run this is, its seed and its topology.
+
+    ``topology`` is ``star`` (a server and its clients), ``decentralized`` (gossip among the clients,
+    no server) or ``hierarchical`` (clients under group aggregators under the server); the last two
+    read ``topology_args`` (``fedml.simulation.topologies``).
+    """
 
     training_type: Literal["simulation", "cross_silo", "cross_device"] = "simulation"
     random_seed: int = 0
+    topology: Literal["star", "decentralized", "hierarchical"] = "star"
 
 
 class DataArgs(Section):

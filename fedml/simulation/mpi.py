@@ -11,6 +11,7 @@ from fedml.core.round import AllReplies, RemoteBackend, RoundWorker
 from fedml.core.round.secure import secure_remote, secure_worker
 from fedml.errors import ConfigError, TransportError
 from fedml.simulation.base import Simulator
+from fedml.simulation.topologies import run_topology
 from fedml.tracking import RunResult, role_logger
 
 
@@ -33,6 +34,9 @@ class MPISimulator(Simulator):
 
     def run(self) -> RunResult:
         """Run the simulation on this rank and return the run's result."""
+        other = run_topology(self)
+        if other is not None:
+            return other
         args = self.args
         transport = MPITransport(timeout=args.timeout, max_bytes=args.max_message_mb << 20)
         if transport.world_size < 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedml.core.round.secure import secure_local
 from fedml.simulation.base import Simulator
+from fedml.simulation.topologies import run_topology
 from fedml.tracking import RunResult
 
 
@@ -23,5 +24,8 @@ class SPSimulator(Simulator):
 
     def run(self) -> RunResult:
         """Train and evaluate all rounds; return the final metrics, history and run directory."""
+        other = run_topology(self)
+        if other is not None:
+            return other
         backend = secure_local(self.local_backend(), self.args, self.steps, self.algorithm)
         return self.rounds().run(backend)
