@@ -32,11 +32,15 @@ class MPISimulator(Simulator):
 
     backend_name = "MPI"
 
-    def run(self) -> RunResult:
-        """Run the simulation on this rank and return the run's result."""
-        other = run_topology(self)
-        if other is not None:
-            return other
+    def open_transport(self) -> MPITransport:
+        """Return this rank's transport to the others; a runner over another transport overrides this.
+
+        Raises
+        ------
+        ConfigError
+            If fewer than 2 processes were launched.
+
+        """
         args = self.args
         transport = MPITransport(timeout=args.timeout, max_bytes=args.max_message_mb << 20)
         if transport.world_size < 2:
@@ -44,6 +48,15 @@ class MPISimulator(Simulator):
                 "comm_args.backend MPI needs at least 2 processes (rank 0 is the server, the others train); "
                 "launch with: mpirun -np 4 python your_script.py --cf your_config.yaml"
             )
+        return transport
+
+    def run(self) -> RunResult:
+        """Run the simulation on this rank and return the run's result."""
+        other = run_topology(self)
+        if other is not None:
+            return other
+        args = self.args
+        transport = self.open_transport()
         role, rank = ("Server", 0) if transport.rank == 0 else ("Client", transport.rank)
         try:
             if transport.rank == 0:

@@ -35,6 +35,8 @@ class MessageKind(enum.IntEnum):
     """A process failed; metadata ``error`` says why."""
     SECURE_AGGREGATION = 6
     """A stage of secure aggregation, both ways (metadata ``stage``; one part per client a peer hosts)."""
+    GOSSIP = 7
+    """Decentralized training: a peer's node models for its neighbours' gossip step (no server)."""
 
 
 @dataclass
