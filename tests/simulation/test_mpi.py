@@ -25,6 +25,17 @@ def sp_reference(tmp_path_factory):
     return fedml.FedMLRunner(args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim)).run()
 
 
+@pytest.fixture(scope="package")
+def sp_vectorized(tmp_path_factory):
+    """The in-process sp run with the vectorized engine, which every backend's workers must reproduce."""
+    runs = tmp_path_factory.mktemp("sp-vectorized")
+    args = fedml.init([*SETTINGS, "engine=vectorized", f"run_dir={runs}"], config_file=MPI_CONFIG)
+    args.backend = "sp"
+    args.data_cache_dir = str(runs / "cache")
+    dataset, output_dim = fedml.data.load(args)
+    return fedml.FedMLRunner(args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim)).run()
+
+
 def mpirun(np, script, tmp_path, *extra, flags=()):
     command = [launcher("mpirun"), *flags, "-np", str(np), str(BIN / "python"), script]
     config = ["--cf", MPI_CONFIG, *SETTINGS, f"run_dir={tmp_path / 'runs'}", f"data_cache_dir={tmp_path}"]
@@ -49,6 +60,16 @@ def test_mpi_example_with_three_ranks_matches_sp(tmp_path, sp_reference):
     assert any(x.startswith("[FedML-Client(1)]: ") for x in lines)
     assert any(x.startswith("[FedML-Client(2)]: ") for x in lines)
     assert sum(x.startswith("dataset mnist from") for x in lines) == 1
+
+
+def test_mpi_workers_train_their_share_with_the_vectorized_engine_and_match_sp(tmp_path, sp_vectorized):
+    done, _ = mpirun(3, MPI_EXAMPLE, tmp_path, "engine=vectorized")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Every rank builds its engine (the server's is unused); both workers must have chosen vectorized.
+    assert (done.stdout + done.stderr).count("engine: vectorized (train_args.engine)") == 3
+    state, accuracy = final_model_and_accuracy(tmp_path / "runs")
+    assert max_abs_diff(state, sp_vectorized.model_state) < 1e-5
+    assert accuracy == sp_vectorized.final_metrics["test_accuracy"]
 
 
 def test_mpi_with_one_rank_is_a_clear_error(tmp_path):

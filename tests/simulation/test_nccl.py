@@ -7,7 +7,7 @@ import fedml
 
 from ..conftest import ROOT
 from .launchers import BIN, SETTINGS, final_model_and_accuracy, free_port, launch, launcher, max_abs_diff
-from .test_mpi import sp_reference  # noqa: F401  (the shared fixture)
+from .test_mpi import sp_reference, sp_vectorized  # noqa: F401  (the shared fixtures)
 
 NCCL_EXAMPLE = str(ROOT / "examples" / "simulation_nccl_fedavg_mnist_lr.py")
 NCCL_CONFIG = str(ROOT / "configs" / "simulation_nccl_fedavg_mnist_lr.yaml")
@@ -49,6 +49,14 @@ def test_nccl_example_under_torchrun_matches_sp(tmp_path, sp_reference):  # noqa
     command = [launcher("torchrun"), "--nproc-per-node", "2", "--master-port", port, NCCL_EXAMPLE]
     done, _ = launch([*command, *config_args(tmp_path)], tmp_path)
     check_matches_sp(done, tmp_path, sp_reference)
+
+
+def test_nccl_ranks_train_their_share_with_the_vectorized_engine_and_match_sp(tmp_path, sp_vectorized):  # noqa: F811
+    port = str(free_port())
+    command = [launcher("torchrun"), "--nproc-per-node", "2", "--master-port", port, NCCL_EXAMPLE]
+    done, _ = launch([*command, *config_args(tmp_path), "engine=vectorized"], tmp_path)
+    assert (done.stdout + done.stderr).count("engine: vectorized (train_args.engine)") == 2
+    check_matches_sp(done, tmp_path, sp_vectorized)
 
 
 @pytest.mark.parametrize(
