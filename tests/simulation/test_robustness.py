@@ -116,3 +116,17 @@ def test_too_few_clients_for_krum_names_the_numbers(make_args):
 def test_byzantine_client_num_set_flat_sets_both_sections(make_args):
     args = make_args(byzantine_client_num=3)
     assert args.defense_args.byzantine_client_num == args.attack_args.byzantine_client_num == 3
+
+
+def test_norm_clipping_measures_from_the_global_model_with_either_engine(make_args):
+    # The clip is relative to the global model: with the sequential engine the shared model holds the
+    # last trained client's weights when the round aggregates, which must not become the reference.
+    settings = {
+        "comm_round": 3,
+        "enable_defense": True,
+        "defense_type": "norm_diff_clipping",
+        "norm_bound": 0.05,
+    }
+    sequential = run(make_args, engine="sequential", **settings).model_state
+    vectorized = run(make_args, engine="vectorized", **settings).model_state
+    assert max(float((sequential[k] - vectorized[k]).abs().max()) for k in sequential) < 1e-5

@@ -315,6 +315,9 @@ class FederatedRound:
             for step in self.steps.server:
                 ctx.aggregator = step.wrap_aggregator(ctx.aggregator, usable, ctx)
             combined = usable
+        # The aggregator's model is the robust rules' reference (norm clipping measures from it); in one
+        # process the trainer shares that model and leaves the last trained client's weights in it.
+        self.aggregator.set_model_params(global_state)
         new_state = self.algorithm.server_update(global_state, combined, ctx)
         self.aggregator.set_model_params(new_state)
         if self.test_data is not None and self._evaluates(round_idx):
