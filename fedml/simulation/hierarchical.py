@@ -37,8 +37,8 @@ def run_hierarchical(simulator: Simulator) -> RunResult:
         and under MPI when the process count is not ``topology_args.group_num + 1``.
 
     """
-    check_hierarchical(simulator)
     groups = client_groups(simulator)
+    check_hierarchical(simulator, groups)
     if simulator.backend_name == "sp":
         rounds = simulator.rounds()
         describe(rounds.log, groups, simulator.args.group_comm_round)
@@ -114,15 +114,16 @@ def client_groups(simulator: Simulator) -> list[list[int]]:
     return group_clients(dataset.client_num, args.group_num, args.group_method, args.random_seed, labels)
 
 
-def check_hierarchical(simulator: Simulator) -> None:
-    """Refuse, before anything starts, what hierarchical training would compute wrongly.
+def check_hierarchical(simulator: Simulator, groups: list[list[int]]) -> None:
+    """Refuse, before anything starts, what hierarchical training with ``groups`` would compute wrongly.
 
     The server sees one model per group, not each client's update: the algorithm's server rule must
     depend on the updates only through their weighted mean (FedAvg, FedProx, FedOpt; not SCAFFOLD,
     FedDyn, FedNova). Each client releases ``group_comm_round`` updates a round to its group aggregator,
     which ``dp_args``' accounting does not count, so differential privacy is refused; so is every server
     step but the robust rule (secure aggregation would hide the updates the group aggregator combines).
-    The robust rule runs at both levels, so its preconditions must hold for ``group_num`` group models.
+    The robust rule runs at both levels, so its preconditions must hold for the clients of the smallest
+    group (when all are sampled; fewer sampled may still fail that round) and for ``group_num`` models.
 
     Raises
     ------
@@ -131,7 +132,7 @@ def check_hierarchical(simulator: Simulator) -> None:
     PrivacyError
         If ``dp_args`` enables differential privacy.
     ConfigError
-        If the robust rule cannot aggregate ``group_num`` group models.
+        If the robust rule cannot aggregate the smallest group or the ``group_num`` group models.
 
     """
     args, algorithm = simulator.args, simulator.algorithm
@@ -154,14 +155,20 @@ def check_hierarchical(simulator: Simulator) -> None:
                 "aggregators combine the clients' updates in the clear; only defense_args runs there"
             )
     chain = defense_chain(args.defense_args)
-    problems = chain_preconditions(chain, args.defense_args, args.group_num) if chain else []
-    if problems:
-        # chain_preconditions words its problem for client_num_per_round; here the updates are groups.
-        problem = problems[0].split(" (with train_args.client_num_per_round")[0]
-        raise ConfigError(
-            f"defense_args.defense_type {' -> '.join(chain)} also aggregates the "
-            f"topology_args.group_num {args.group_num} group models at the server, and cannot: {problem}"
-        )
+    if not chain:
+        return
+    smallest = min(len(g) for g in groups)
+    for updates, where in (
+        (smallest, f"the {smallest} clients of the smallest group"),
+        (args.group_num, f"the topology_args.group_num {args.group_num} group models at the server"),
+    ):
+        problems = chain_preconditions(chain, args.defense_args, updates)
+        if problems:
+            # chain_preconditions words its problem for client_num_per_round; here the counts differ.
+            problem = problems[0].split(" (with train_args.client_num_per_round")[0]
+            raise ConfigError(
+                f"defense_args.defense_type {' -> '.join(chain)} aggregates {where}, and cannot: {problem}"
+            )
 
 
 def describe(log: logging.LoggerAdapter, groups: list[list[int]], group_rounds: int) -> None:

@@ -1,6 +1,7 @@
 """Hierarchical FL (HierFAVG): equivalence with FedAvg, grouping, sp against MPI, robust rules, refusals."""
 
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,8 +10,11 @@ from hypothesis import strategies as st
 
 import fedml
 from fedml.config import load_arguments
+from fedml.core.algorithms import FedAvg
 from fedml.core.round.hierarchical import group_clients
+from fedml.core.steps import Steps
 from fedml.errors import ConfigError, NotSupportedError, PrivacyError
+from fedml.simulation.hierarchical import check_hierarchical
 
 from ..conftest import ROOT
 from .launchers import BIN, final_model_and_accuracy, launch, launcher, max_abs_diff
@@ -70,9 +74,9 @@ def test_group_rounds_change_the_model(run):
 
 
 def test_groups_by_label_train(run):
-    result = run(group_num=3, group_method="by_label", engine="vectorized")
+    result = run(group_num=2, group_comm_round=2, group_method="by_label")
     assert result.final_metrics["test_accuracy"] > 0.5
-    assert max_abs_diff(result.model_state, run(group_num=3, engine="vectorized").model_state) > 1e-4
+    assert max_abs_diff(result.model_state, run(group_num=2, group_comm_round=2).model_state) > 1e-4
 
 
 @settings(max_examples=40, deadline=None)
@@ -127,9 +131,21 @@ def test_a_robust_rule_runs_at_group_level(run):
     assert max_abs_diff(plain.model_state, robust.model_state) > 1e-4
 
 
-def test_a_robust_rule_that_cannot_aggregate_the_groups_is_refused(run):
-    with pytest.raises(ConfigError, match=r"krum also aggregates the topology_args.group_num 2 group models"):
-        run(group_num=2, enable_defense=True, defense_type="krum", byzantine_client_num=1)
+def test_a_robust_rule_in_one_group_is_the_star_s_robust_rule_bit_for_bit(run):
+    defense = {"enable_defense": True, "defense_type": "median", "client_num_per_round": 10}
+    star = run(topology="star", **defense)
+    hier = run(group_num=1, group_comm_round=1, **defense)
+    # The group aggregator takes the clients' median; the server's median of one group model is itself.
+    assert all(torch.equal(star.model_state[k], hier.model_state[k]) for k in star.model_state)
+
+
+@pytest.mark.parametrize(
+    ("group_num", "where"),
+    [(2, "the topology_args.group_num 2 group models at the server"), (5, "the 2 clients of the smallest")],
+)
+def test_a_robust_rule_that_cannot_aggregate_a_level_is_refused(run, group_num, where):
+    with pytest.raises(ConfigError, match=rf"defense_args.defense_type krum aggregates {where}"):
+        run(group_num=group_num, enable_defense=True, defense_type="krum", byzantine_client_num=1)
 
 
 @pytest.mark.parametrize(
@@ -146,46 +162,57 @@ def test_a_robust_rule_that_cannot_aggregate_the_groups_is_refused(run):
             "train_args.federated_optimizer FedNova cannot use",
         ),
         (
-            {"enable_dp": True, "dp_solution_type": "ldp", "noise_multiplier": 0.1},
-            PrivacyError,
-            "dp_args.enable_dp: common_args.topology hierarchical",
-        ),
-        (
             {"enable_secure_aggregation": True},
             NotSupportedError,
             "the secure aggregation step does not run under common_args.topology hierarchical",
         ),
     ],
-    ids=["scaffold", "fednova", "dp", "secagg"],
+    ids=["scaffold", "fednova", "secagg"],
 )
 def test_what_hierarchical_training_cannot_honour_is_refused_at_start(run, overrides, error, message):
     with pytest.raises(error, match=message):
         run(**overrides)
 
 
+def test_differential_privacy_is_refused_naming_dp_args(make_args):
+    args = make_args(SP_CONFIG, enable_dp=True, dp_solution_type="ldp", noise_multiplier=0.1)
+    # The check itself: a whole run would first load Opacus (seconds) to build the DP steps.
+    simulator = SimpleNamespace(args=args, algorithm=FedAvg(args), steps=Steps())
+    with pytest.raises(PrivacyError, match=r"dp_args.enable_dp: common_args.topology hierarchical sends"):
+        check_hierarchical(simulator, [[0, 1], [2, 3]])
+
+
 MPI_SETTINGS = {"client_num_per_round": 7, "group_comm_round": 2}
-
-
-def mpirun(np, tmp_path, *extra):
-    command = [launcher("mpirun"), "-np", str(np), str(BIN / "python"), str(MPI_EXAMPLE), "--cf"]
-    settings = {**FAST, **MPI_SETTINGS, "run_dir": tmp_path / "runs", "data_cache_dir": tmp_path}
-    overrides = [f"{k}={str(v).lower()}" for k, v in settings.items()]
-    return launch([*command, str(MPI_CONFIG), "download=false", *overrides, *extra], tmp_path)
 
 
 def test_mpi_with_a_rank_per_group_matches_sp(tmp_path, run):
     reference = run(MPI_CONFIG, backend="sp", **MPI_SETTINGS)
-    done, _ = mpirun(3, tmp_path)
+    settings = {**FAST, **MPI_SETTINGS, "run_dir": tmp_path / "runs", "data_cache_dir": tmp_path}
+    overrides = [f"{k}={str(v).lower()}" for k, v in settings.items()]
+    command = [launcher("mpirun"), "-np", "3", str(BIN / "python"), str(MPI_EXAMPLE), "--cf", str(MPI_CONFIG)]
+    done, _ = launch([*command, "download=false", *overrides], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     state, accuracy = final_model_and_accuracy(tmp_path / "runs")
     assert max_abs_diff(state, reference.model_state) < 1e-5
     assert accuracy == reference.final_metrics["test_accuracy"]
-    assert (
-        "[FedML-Server(0)]: Hierarchical: 2 groups of 5/5 clients, 2 group round(s) per round" in done.stdout
-    )
+    line = "[FedML-Server(0)]: Hierarchical: 2 groups of 5/5 clients, 2 group round(s) per round"
+    assert line in done.stdout
 
 
-def test_mpi_with_the_wrong_process_count_names_group_num(tmp_path):
-    done, _ = mpirun(2, tmp_path)
-    assert done.returncode != 0
-    assert "topology_args.group_num 2 needs 3 processes" in done.stderr + done.stdout
+class TwoProcesses:
+    """Stands in for the transport of a job launched with two processes."""
+
+    rank, world_size = 0, 2
+
+
+def test_mpi_with_the_wrong_process_count_names_group_num(make_args, monkeypatch):
+    from fedml.simulation.mpi import MPISimulator
+
+    args = make_args(MPI_CONFIG, **FAST)
+    dataset, output_dim = fedml.data.load(args)
+    simulator = MPISimulator(args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim))
+    monkeypatch.setattr(simulator, "open_transport", TwoProcesses)
+    with pytest.raises(
+        ConfigError, match=r"topology_args.group_num 2 needs 3 processes .* but 2 were launched"
+    ):
+        simulator.run()

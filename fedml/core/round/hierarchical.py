@@ -212,7 +212,8 @@ class HierarchicalBackend(LocalBackend):
         Raises
         ------
         AggregationError
-            If none of the updates is usable.
+            If none of the updates is usable, or the aggregator's rule cannot combine them (naming the
+            group).
 
         """
         usable = usable_updates(round_idx, updates, self.log, group_state)
@@ -230,4 +231,9 @@ class HierarchicalBackend(LocalBackend):
             aggregator = step.wrap_aggregator(aggregator, usable, ctx)
         # Robust rules measure distances from the model the aggregator holds: here, the group's.
         self.aggregator.set_model_params(group_state)
-        return aggregator.aggregate_with_hooks(weighted_states(usable))
+        try:
+            return aggregator.aggregate_with_hooks(weighted_states(usable))
+        except AggregationError as exc:
+            raise AggregationError(
+                f"round {round_idx + 1}: group {group} ({len(usable)} client updates): {exc}"
+            ) from exc
