@@ -120,7 +120,7 @@ def check_hierarchical(simulator: Simulator, groups: list[list[int]]) -> None:
     The server sees one model per group, not each client's update: the algorithm's server rule must
     depend on the updates only through their weighted mean (FedAvg, FedProx, FedOpt; not SCAFFOLD,
     FedDyn, FedNova). Each client releases ``group_comm_round`` updates a round to its group aggregator,
-    which ``dp_args``' accounting does not count, so differential privacy is refused; so is every server
+    which the DP steps and accountant do not model, so differential privacy is refused; so is every server
     step but the robust rule (secure aggregation would hide the updates the group aggregator combines).
     The robust rule runs at both levels, so its preconditions must hold for the clients of the smallest
     group (when all are sampled; fewer sampled may still fail that round) and for ``group_num`` models.
@@ -144,9 +144,10 @@ def check_hierarchical(simulator: Simulator, groups: list[list[int]]) -> None:
         )
     if read_settings(args, DPArgs).enable_dp:
         raise PrivacyError(
-            "dp_args.enable_dp: common_args.topology hierarchical sends each client's update to its group "
+            "dp_args.enable_dp: common_args.topology hierarchical sends each client's update to a group "
             f"aggregator topology_args.group_comm_round ({args.group_comm_round}) times a round, which the "
-            "privacy accounting does not count; the reported epsilon would be wrong, so DP is refused"
+            "DP steps and accountant (written for one server) do not model; the reported epsilon could "
+            "be wrong, so DP is refused"
         )
     for step in simulator.steps.server:
         if not isinstance(step, DefenseStep):

@@ -48,9 +48,17 @@ def run(tmp_path_factory):
     return run_once
 
 
-@pytest.mark.parametrize(("engine", "per_round"), [("sequential", 10), ("vectorized", 7)])
-def test_one_group_with_one_group_round_is_fedavg_bit_for_bit(run, engine, per_round):
-    settings = {"engine": engine, "client_num_per_round": per_round}
+@pytest.mark.parametrize(
+    ("engine", "per_round", "algorithm"),
+    [
+        ("sequential", 10, {}),
+        ("vectorized", 7, {}),
+        ("sequential", 7, {"federated_optimizer": "FedOpt", "server_optimizer": "adam", "server_lr": 0.01}),
+    ],
+    ids=["sequential", "vectorized-sampled", "fedopt-adam"],
+)
+def test_one_group_with_one_group_round_is_the_star_bit_for_bit(run, engine, per_round, algorithm):
+    settings = {"engine": engine, "client_num_per_round": per_round, **algorithm}
     star = run(topology="star", **settings)
     hier = run(group_num=1, group_comm_round=1, **settings)
     # Bit-equal, not close: the one group trains the star's clients in the same order with the same
