@@ -21,6 +21,7 @@ import os
 import queue
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ TORCHRUN_HINT = "torchrun --nproc-per-node 3 your_script.py --cf your_config.yam
 _IFNAME_VARIABLES = ("TP_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
 """The variables that choose the interface TensorPipe's and gloo's sockets listen on."""
 
+_REPLY_GRACE = 0.2
+"""Seconds a rank leaving alone waits for its agent to send the replies already due."""
 _LEAVING, _LEFT = "fedml/trpc/leaving", "fedml/trpc/left"
 """Rendezvous-store keys of ``close``'s barrier: how many ranks are closing, and that all are."""
 
@@ -282,6 +285,10 @@ class TRPCTransport(ClosingContext):
         self.closed = True
         if graceful and not self._all_leaving():
             graceful = False
+        if not graceful:
+            # A call's reply leaves after its target returned, just after ``receive`` saw the message:
+            # a moment lets the agent answer the last one (often a FINISH) before it stops.
+            time.sleep(_REPLY_GRACE)
         try:
             self.rpc.shutdown(graceful=graceful, timeout=self.shutdown_timeout)
         except RuntimeError as exc:
