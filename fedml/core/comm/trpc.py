@@ -218,7 +218,7 @@ class TRPCTransport(ClosingContext):
         except RuntimeError as exc:
             raise TransportError(
                 f"rank {self.rank}: could not join the RPC group at {launch.master_addr}:"
-                f"{launch.master_port} within {timeout} s (comm_args.timeout): {exc}"
+                f"{launch.master_port}: {exc}"
             ) from exc
         self.closed = False
 
