@@ -46,6 +46,8 @@ def exchange(transport: TRPCTransport) -> dict[str, Any]:
     if rank == 1:
         for i in range(3):
             transport.send(Message(MessageKind.CLIENT_UPDATE, "1", "0", round_idx=i, tensors=SMALL))
+        # Bad payloads only once rank 0 holds every good message, so its receives see them in order.
+        seen["go"] = transport.receive(timeout=30).kind.name
         rpc.rpc_sync("0", deliver, args=(torch.tensor([1, 2, 3], dtype=torch.uint8),))
         rpc.rpc_sync("0", deliver, args=(torch.zeros(4),))
         seen["to a rank that is not there"] = outcome(
@@ -67,6 +69,7 @@ def exchange(transport: TRPCTransport) -> dict[str, Any]:
         )
         (large,) = [m for m in messages if m.sender == "2"]
         seen["large"] = [large.kind.name, large.metadata, torch.equal(large.tensors["x"], LARGE)]
+        transport.send(Message(MessageKind.SYNC_MODEL, "0", "1"))
         seen["bad bytes"] = [outcome(transport.receive), outcome(transport.receive)]
         started = time.monotonic()
         seen["nothing pending"] = outcome(lambda: transport.receive(timeout=0.3))
@@ -140,7 +143,7 @@ def test_three_ranks_exchange_messages_large_ones_and_bad_bytes_and_leave_after_
     assert server["nothing pending"] == "TransportError"
     assert 0.3 <= server["waited"] < 5
     assert seen[1]["to a rank that is not there"] == "TransportError"
-    assert seen[1]["finish"] == "FINISH"
+    assert [seen[1]["go"], seen[1]["finish"]] == ["SYNC_MODEL", "FINISH"]
     for rank in (0, 1):
         assert seen[rank]["send after close"] == "TransportError"
         assert 1.4 <= seen[rank]["close seconds"] < 6
