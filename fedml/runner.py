@@ -99,6 +99,7 @@ class FedMLRunner:
 register_runner("simulation", "sp", "fedml.simulation.sp:SPSimulator")
 register_runner("simulation", "MPI", "fedml.simulation.mpi:MPISimulator")
 register_runner("simulation", "NCCL", "fedml.simulation.nccl:NCCLSimulator")
+register_runner("simulation", "TRPC", "fedml.simulation.trpc:TRPCSimulator")
 register_runner("cross_silo", "GRPC", "fedml.cross_silo:cross_silo_runner")
 register_runner("cross_silo", "MQTT", "fedml.cross_silo:cross_silo_runner")
 register_runner(

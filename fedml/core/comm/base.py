@@ -119,6 +119,7 @@ def require(package: str, extra: str) -> Any:
 
 register_transport("LOCAL", "fedml.core.comm.local:LocalTransport")
 register_transport("MPI", "fedml.core.comm.mpi:MPITransport", extra="mpi")
+register_transport("TRPC", "fedml.core.comm.trpc:TRPCTransport")
 register_transport("GRPC", "fedml.core.comm.grpc:GrpcTransport", extra="grpc")
 register_transport(
     "MQTT",
