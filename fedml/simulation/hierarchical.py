@@ -93,7 +93,7 @@ def _run_remote(simulator: Simulator, groups: list[list[int]]) -> RunResult:
         counts = simulator.sample_counts()
         return RoundWorker(transport, backend, {c: counts[c] for c in members}, args.timeout).run()
     except TransportError as exc:
-        role_logger(role, rank).error("Aborting the MPI job: %s", exc)
+        role_logger(role, rank).error("Aborting the %s job: %s", simulator.backend_name, exc)
         transport.abort(1)
         raise
 

@@ -6,6 +6,7 @@ nothing of the round is specific to MPI.
 
 from __future__ import annotations
 
+from fedml.core.comm.base import JobTransport
 from fedml.core.comm.mpi import MPITransport
 from fedml.core.round import AllReplies, RemoteBackend, RoundWorker
 from fedml.core.round.secure import secure_remote, secure_worker
@@ -32,7 +33,7 @@ class MPISimulator(Simulator):
 
     backend_name = "MPI"
 
-    def open_transport(self) -> MPITransport:
+    def open_transport(self) -> JobTransport:
         """Return this rank's transport to the others; a runner over another transport overrides this.
 
         Raises
@@ -74,6 +75,6 @@ class MPISimulator(Simulator):
             worker = RoundWorker(transport, self.local_backend(), self.sample_counts(), args.timeout)
             return secure_worker(worker, args, self.steps).run()
         except TransportError as exc:
-            role_logger(role, rank).error("Aborting the MPI job: %s", exc)
+            role_logger(role, rank).error("Aborting the %s job: %s", self.backend_name, exc)
             transport.abort(1)
             raise

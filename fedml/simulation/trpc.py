@@ -31,9 +31,7 @@ class TRPCSimulator(MPISimulator):
     backend_name = "TRPC"
     _transport: TRPCTransport | None = None
 
-    # MPISimulator.open_transport is annotated with MPITransport; what run needs of it (the Transport
-    # protocol and abort) TRPCTransport has too.
-    def open_transport(self) -> TRPCTransport:  # type: ignore[override]
+    def open_transport(self) -> TRPCTransport:
         """Join the job's RPC group and return this rank's transport to the others.
 
         Raises

@@ -45,6 +45,18 @@ class Transport(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class JobTransport(Transport, Protocol):
+    """A transport among the processes of one launched job (``mpirun``, ``torchrun``) that can end it.
+
+    ``abort(code)`` ends the whole job after a fatal error, so that no rank is left waiting.
+    """
+
+    def abort(self, code: int = 1) -> None:
+        """End the job with exit status ``code``."""
+        ...
+
+
 class ClosingContext:
     """Mixin giving a transport ``with`` support: ``__exit__`` calls ``close``."""
 

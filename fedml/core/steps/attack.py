@@ -85,7 +85,7 @@ class AttackStep(ClientStep):
     """
 
     name = "attack"
-    backends = ("sp", "MPI", "NCCL")
+    backends = ("sp", "MPI", "NCCL", "TRPC")
 
     def __init__(self, args: Any) -> None:
         attack = args.attack_args
