@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fedml.core.aggregation import finite_states
 from fedml.core.algorithms import ALGORITHMS, Update, register_algorithm
 from fedml.core.comm import Message, MessageKind, Transport
 from fedml.core.round.driver import train_loss
@@ -32,14 +31,16 @@ from fedml.core.round.gossip import (
     Gossip,
     State,
     average,
+    check_finite,
     consensus_distance,
+    evaluates,
     mix,
     train_nodes,
 )
 from fedml.core.round.secure import secagg_settings
 from fedml.core.round.wire import pack_outcome, pack_updates, unpack_outcome, unpack_updates
 from fedml.core.topology import spectral_gap
-from fedml.errors import AggregationError, ConfigError, FedMLError, ProtocolError, TransportError
+from fedml.errors import ConfigError, FedMLError, ProtocolError, TransportError
 from fedml.tracking import Progress, RunResult, RunTracker, role_logger
 
 if TYPE_CHECKING:
@@ -105,12 +106,6 @@ def check(simulator: Simulator) -> None:
         )
     if args.resume_from:
         raise ConfigError("tracking_args.resume_from: a decentralized run cannot be resumed")
-
-
-def evaluates(args: Any, round_idx: int) -> bool:
-    """Return whether round ``round_idx`` is evaluated (every ``frequency_of_the_test``-th, and the last)."""
-    last = round_idx == args.comm_round - 1
-    return last or (round_idx + 1) % args.frequency_of_the_test == 0
 
 
 class Tracking:
@@ -181,23 +176,6 @@ class Tracking:
         """Record why the run stopped."""
         self.bar.close()
         self.tracker.fail(error)
-
-
-def check_finite(round_idx: int, updates: Sequence[Update]) -> None:
-    """Refuse a node whose training diverged: gossip would spread it to every other node.
-
-    Raises
-    ------
-    AggregationError
-        Naming the first such node.
-
-    """
-    for update, finite in zip(updates, finite_states([u.state for u in updates]), strict=True):
-        if not finite:
-            raise AggregationError(
-                f"round {round_idx + 1}: node {update.client_idx}'s model has non-finite values after "
-                "training; training diverged, try a smaller train_args.learning_rate"
-            )
 
 
 def _run_here(simulator: Simulator, gossip: Gossip) -> RunResult:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fedml.core.aggregation import finite_states
 from fedml.core.algorithms.fedavg import FedAvg
 from fedml.core.round.backend import RoundTask
 from fedml.core.topology import mixing_matrix, round_graph
-from fedml.errors import ConfigError
+from fedml.errors import AggregationError, ConfigError
 
 if TYPE_CHECKING:
     from fedml.core.algorithms import Update
@@ -191,6 +192,29 @@ def train_nodes(backend: LocalBackend, round_idx: int, states: Mapping[int, Stat
         task = RoundTask(round_idx, start, members, {}, len(members))
         updates.update({u.client_idx: u for u in backend.train(task)})
     return updates
+
+
+def evaluates(args: Any, round_idx: int) -> bool:
+    """Return whether round ``round_idx`` is evaluated (every ``frequency_of_the_test``-th, and the last)."""
+    last = round_idx == args.comm_round - 1
+    return last or (round_idx + 1) % args.frequency_of_the_test == 0
+
+
+def check_finite(round_idx: int, updates: Sequence[Update]) -> None:
+    """Refuse a node whose training diverged: gossip would spread it to every other node.
+
+    Raises
+    ------
+    AggregationError
+        Naming the first such node.
+
+    """
+    for update, finite in zip(updates, finite_states([u.state for u in updates]), strict=True):
+        if not finite:
+            raise AggregationError(
+                f"round {round_idx + 1}: node {update.client_idx}'s model has non-finite values after "
+                "training; training diverged, try a smaller train_args.learning_rate"
+            )
 
 
 def _equal(a: State, b: State) -> bool:
