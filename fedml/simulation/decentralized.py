@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
     from fedml.simulation.base import Simulator
 
+# Guarded: a lazy entry in fedml.core.algorithms, which configuration loading sees without importing
+# this module, may name DPSGD too.
 if "DPSGD" not in ALGORITHMS:
     register_algorithm("DPSGD", DPSGD)
 
