@@ -31,8 +31,19 @@ SMALL = [
 """A few seconds per run: 8 nodes, 2 rounds of 10 steps each on the embedded MNIST subset."""
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Train on one thread, as the launched ranks do: on a loaded 2-core host, two threads spin-wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def simulator(tmp_path, *overrides, config=SP_CONFIG):
-    args = fedml.init([*SMALL, *overrides, f"run_dir={tmp_path / 'runs'}"], config_file=config)
+    # No curves.png in process: drawing it costs more than these runs' training.
+    settings = [*SMALL, "plots=false", *overrides, f"run_dir={tmp_path / 'runs'}"]
+    args = fedml.init(settings, config_file=config)
     dataset, output_dim = fedml.data.load(args)
     return SPSimulator(args, torch.device("cpu"), dataset, fedml.model.create(args, output_dim))
 
