@@ -164,3 +164,40 @@ def test_mpi_with_three_ranks_gives_the_sp_models(tmp_path):
     lines = (run_dir_of(tmp_path / "runs") / "metrics.jsonl").read_text().splitlines()
     distances = [json.loads(x)["consensus_distance"] for x in lines]
     assert distances == pytest.approx([r["consensus_distance"] for r in expected.history], rel=1e-5)
+
+
+CRASHING_SCRIPT = """
+import os
+
+import fedml
+import fedml.simulation.decentralized
+
+
+class FailingTrainer(fedml.ClientTrainer):
+    def train(self, train_data, device, args):
+        if self.round_idx == 1 and int(os.environ["PMI_RANK"]) == 2:
+            raise RuntimeError("lost its data")
+        return super().train(train_data, device, args)
+
+
+args = fedml.init()
+dataset, output_dim = fedml.data.load(args)
+model = fedml.model.create(args, output_dim)
+trainer = FailingTrainer(model, args)
+fedml.FedMLRunner(args, fedml.device.get_device(args), dataset, model, client_trainer=trainer).run()
+"""
+
+
+def test_a_failing_rank_ends_the_mpi_job_and_rank_0_records_why(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHING_SCRIPT)
+    # Without MPICH's cleanup on the first exit, rank 0 must end the others itself.
+    command = [launcher("mpirun"), "-disable-auto-cleanup", "-np", "3", str(BIN / "python"), str(script)]
+    settings = [*SMALL, "comm_round=3", "timeout=30", f"run_dir={tmp_path / 'runs'}"]
+
+    done, seconds = launch([*command, "--cf", MPI_CONFIG, *settings], tmp_path)
+
+    assert done.returncode != 0
+    assert seconds < 60
+    error = (run_dir_of(tmp_path / "runs") / "error.txt").read_text()
+    assert error == "FedMLError: rank 2 failed: RuntimeError('lost its data')\n"
