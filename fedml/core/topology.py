@@ -227,6 +227,47 @@ def build_graph(name: str, n: int, degree: int = 4, probability: float = 0.3, se
     return GRAPHS[name](n, degree, probability, seed)
 
 
+def round_graph(
+    name: str,
+    n: int,
+    *,
+    degree: int = 4,
+    probability: float = 0.3,
+    adjacency: list[list[int]] | None = None,
+    seed: int = 0,
+    round_idx: int = 0,
+    time_varying: bool = False,
+) -> Graph:
+    """Return the graph of round ``round_idx`` of a run: its ``topology_args`` graph on ``n`` nodes.
+
+    ``name`` is a ``GRAPHS`` name or ``"adjacency"`` (the user's ``adjacency`` matrix). A static graph
+    is drawn once from ``seed`` (the same for every round); with ``time_varying`` each round draws a new
+    one from ``(seed, round_idx)``, so every process builds the same sequence.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, an adjacency matrix that is not a connected graph on ``n`` nodes, or
+        parameters the graph cannot have.
+
+    Examples
+    --------
+    >>> a = round_graph("random_regular", 8, degree=3, seed=1, round_idx=0, time_varying=True)
+    >>> b = round_graph("random_regular", 8, degree=3, seed=1, round_idx=1, time_varying=True)
+    >>> bool((a.sum(axis=1) == 3).all()), bool(np.array_equal(a, b))
+    (True, False)
+
+    """
+    if name == "adjacency":
+        graph = from_adjacency(adjacency if adjacency is not None else [])
+        if len(graph) != n:
+            raise ConfigError(f"topology_args.adjacency: a {len(graph)}-node graph for {n} clients")
+        return graph
+    if time_varying:
+        seed = int(np.random.SeedSequence([seed, round_idx]).generate_state(1)[0])
+    return build_graph(name, n, degree, probability, seed)
+
+
 def _check_size(n: int, least: int) -> None:
     if n < least:
         raise ConfigError(f"a topology of {n} nodes; this graph needs at least {least}")

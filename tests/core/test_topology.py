@@ -10,6 +10,7 @@ from fedml.core.topology import (
     is_connected,
     mixing_matrix,
     random_regular,
+    round_graph,
     spectral_gap,
     torus,
 )
@@ -88,3 +89,24 @@ def test_a_bad_user_adjacency_is_refused_naming_the_problem(adjacency, problem):
 def test_an_unknown_graph_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="valid: star, ring, torus"):
         build_graph("hypercube", 8)
+
+
+def test_a_time_varying_graph_is_new_each_round_and_the_same_for_the_same_seed_and_round():
+    def draw(round_idx, seed=3, time_varying=True):
+        return round_graph(
+            "random_regular", 10, degree=3, seed=seed, round_idx=round_idx, time_varying=time_varying
+        )
+
+    graphs = [draw(r) for r in range(4)]
+    assert all((g.sum(axis=1) == 3).all() and is_connected(g) for g in graphs)
+    assert len({g.tobytes() for g in graphs}) == 4
+    assert np.array_equal(draw(2), graphs[2])
+    assert not np.array_equal(draw(2, seed=4), graphs[2])
+    assert np.array_equal(draw(0, time_varying=False), draw(5, time_varying=False))
+
+
+def test_a_user_adjacency_is_the_round_graph_when_it_has_one_node_per_client():
+    adjacency = build_graph("ring", 5).tolist()
+    assert round_graph("adjacency", 5, adjacency=adjacency).tolist() == adjacency
+    with pytest.raises(ConfigError, match="a 5-node graph for 6 clients"):
+        round_graph("adjacency", 6, adjacency=adjacency)

@@ -1,0 +1,11 @@
+r"""D-PSGD on MNIST with logistic regression across MPI ranks (rank 0 tracks, the others host nodes).
+
+mpirun -np 3 python examples/simulation_mpi_decentralized_mnist_lr.py \
+    --cf configs/simulation_mpi_decentralized_mnist_lr.yaml
+"""
+
+import fedml
+import fedml.simulation.decentralized  # registers train_args.federated_optimizer DPSGD
+
+if __name__ == "__main__":
+    fedml.run_simulation(backend="MPI")
