@@ -18,7 +18,6 @@ import statistics
 import tempfile
 
 import fedml
-import fedml.simulation.decentralized  # registers train_args.federated_optimizer DPSGD
 from fedml.core.topology import build_graph, mixing_matrix, spectral_gap
 
 NODES = 32

@@ -5,7 +5,6 @@ mpirun -np 3 python examples/simulation_mpi_decentralized_mnist_lr.py \
 """
 
 import fedml
-import fedml.simulation.decentralized  # registers train_args.federated_optimizer DPSGD
 
 if __name__ == "__main__":
     fedml.run_simulation(backend="MPI")

@@ -4,7 +4,6 @@ python examples/simulation_sp_decentralized_mnist_lr.py --cf configs/simulation_
 """
 
 import fedml
-import fedml.simulation.decentralized  # registers train_args.federated_optimizer DPSGD
 
 if __name__ == "__main__":
     fedml.run_simulation(backend="sp")

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fedml.core.algorithms import ALGORITHMS, Update, register_algorithm
+from fedml.core.algorithms import Update
 from fedml.core.comm import Message, MessageKind, Transport
 from fedml.core.round.driver import train_loss
 from fedml.core.round.gossip import (
-    DPSGD,
     GOSSIP_ALGORITHMS,
     Gossip,
     State,
@@ -47,11 +46,6 @@ if TYPE_CHECKING:
     import logging
 
     from fedml.simulation.base import Simulator
-
-# Guarded: a lazy entry in fedml.core.algorithms, which configuration loading sees without importing
-# this module, may name DPSGD too.
-if "DPSGD" not in ALGORITHMS:
-    register_algorithm("DPSGD", DPSGD)
 
 COORDINATOR = "0"
 """The rank that tracks a multi-process run (it hosts no node)."""

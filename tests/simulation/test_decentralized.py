@@ -170,7 +170,6 @@ CRASHING_SCRIPT = """
 import os
 
 import fedml
-import fedml.simulation.decentralized
 
 
 class FailingTrainer(fedml.ClientTrainer):

@@ -33,8 +33,10 @@ ALGORITHMS: Registry[AlgorithmFactory] = Registry("optimizer", key="train_args.f
 """The ``train_args.federated_optimizer`` names."""
 
 
-def register_algorithm(name: str, factory: AlgorithmFactory, settings: Any = None) -> None:
+def register_algorithm(name: str, factory: AlgorithmFactory | str, settings: Any = None) -> None:
     """Make ``factory(args)`` available as ``train_args.federated_optimizer: name``.
+
+    ``factory`` may be ``"module:attribute"``, imported on first use.
 
     ``settings`` is the algorithm's ``ComponentSettings`` model: the keys it adds to its section.
     """
@@ -64,6 +66,7 @@ register_algorithm("FedOpt", FedOpt, FedOptSettings)
 register_algorithm("FedNova", FedNova)
 register_algorithm("SCAFFOLD", Scaffold)
 register_algorithm("FedDyn", FedDyn, FedDynSettings)
+register_algorithm("DPSGD", "fedml.core.round.gossip:DPSGD")
 
 __all__ = [
     "ALGORITHMS",
