@@ -64,13 +64,14 @@ def test_message_kinds_have_stable_wire_values():
         "FINISH": 4,
         "ERROR": 5,
         "SECURE_AGGREGATION": 6,
+        "GOSSIP": 7,
     }
     assert MessageKind(3) is MessageKind.CLIENT_UPDATE
 
 
 def test_an_unknown_kind_value_is_not_a_message_kind():
-    with pytest.raises(ValueError, match="7"):
-        MessageKind(7)
+    with pytest.raises(ValueError, match="8"):
+        MessageKind(8)
 
 
 def test_protocol_version_is_the_string_peer_id_version():
