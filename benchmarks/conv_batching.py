@@ -9,7 +9,7 @@ repeats of each run's median round (the first and the last round left out: warm-
 the ratios are medians of the per-repeat ratios to the sequential run next to it. Run from the
 repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/conv_batching.py          # the table (a few minutes)
+    OMP_NUM_THREADS=1 python benchmarks/conv_batching.py          # the table (about 8 minutes on 2 cores)
     OMP_NUM_THREADS=1 python benchmarks/conv_batching.py --quick  # a smoke run (under a minute)
 """
 

@@ -73,6 +73,14 @@ class StepCosts:
         )
 
 
+MEASURED: dict[tuple[Any, ...], StepCosts] = {}
+"""``auto``'s measurements in this process, by model architecture, clients, batch, device and SGD rule.
+
+A run measures once and later runs of the same setting in the process reuse the figures, so they
+choose the same engine and give bit-identical models (a fresh measurement near a tie could flip).
+"""
+
+
 def choose_engine(
     args: Any,
     device: torch.device,
@@ -123,17 +131,14 @@ def choose_engine(
     if objective is None:  # unsupported_reason gave a reason for it above; this tells the type checker
         return "sequential", None
     if engine == "auto":
-        costs = None
-        if device.type != "cuda" and args.client_num_per_round > 1:
-            x, y = next(iter(dataset.test_global.batches(args.batch_size)))
-            costs = measure_step_costs(model, objective, x.to(device), y.to(device), args)
-        if not auto_prefers_vectorized(args, device, costs):
-            detail = costs.describe() if costs is not None else "one client per round"
-            log.info("engine: sequential (auto: %s)", detail)
-            return "sequential", None
-        detail = "GPU" if costs is None else costs.describe()
-        log.info("engine: vectorized (auto: %s)", detail)
-        return "vectorized", objective
+        costs, again = _auto_costs(args, device, model, objective, dataset)
+        chosen = "vectorized" if auto_prefers_vectorized(args, device, costs) else "sequential"
+        if costs is not None:
+            detail = costs.describe() + (", measured earlier in this process" if again else "")
+        else:
+            detail = "GPU" if device.type == "cuda" else "one client per round"
+        log.info("engine: %s (auto: %s)", chosen, detail)
+        return chosen, objective if chosen == "vectorized" else None
     log.info("engine: vectorized (train_args.engine)")
     return "vectorized", objective
 
@@ -215,6 +220,28 @@ def measure_step_costs(
         if t2 - started > COST_BUDGET_S:
             break
     return StepCosts(clients, best_batched * clients / stacked_clients, best_sequential * clients)
+
+
+def _auto_costs(
+    args: Any, device: torch.device, model: nn.Module, objective: LocalObjective, dataset: ClientDataset
+) -> tuple[StepCosts | None, bool]:
+    """Return the setting's step costs (``None``: not measured here) and whether they were reused."""
+    if device.type == "cuda" or args.client_num_per_round < 2:
+        return None, False
+    key = _cost_key(model, args, device, objective)
+    if key in MEASURED:
+        return MEASURED[key], True
+    x, y = next(iter(dataset.test_global.batches(args.batch_size)))
+    MEASURED[key] = measure_step_costs(model, objective, x.to(device), y.to(device), args)
+    return MEASURED[key], False
+
+
+def _cost_key(
+    model: nn.Module, args: Any, device: torch.device, objective: LocalObjective
+) -> tuple[Any, ...]:
+    shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters() if p.requires_grad)
+    rule = (args.momentum != 0, args.weight_decay != 0, objective.penalty is not None)
+    return (type(model).__qualname__, shapes, args.client_num_per_round, args.batch_size, str(device), rule)
 
 
 def _sgd(args: Any) -> dict[str, float]:

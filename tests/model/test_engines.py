@@ -97,6 +97,7 @@ def test_auto_picks_the_engine_on_a_cpu_with_four_clients(make_args, monkeypatch
     from fedml.simulation.engine import StepCosts
 
     # A batched step measured cheaper than the sequential ones: every model that vectorizes takes it.
+    monkeypatch.setattr(engine_module, "MEASURED", {})
     monkeypatch.setattr(
         engine_module, "measure_step_costs", lambda model, objective, x, y, args: StepCosts(4, 0.001, 0.002)
     )

@@ -146,6 +146,7 @@ def test_bad_engine_name_is_a_config_error(make_args):
 def inject_costs(monkeypatch, batched, sequential):
     """Make ``auto``'s cost model report these seconds; return the list of the calls it got."""
     calls = []
+    monkeypatch.setattr(engine_module, "MEASURED", {})
 
     def measure(model, objective, x, y, args):
         calls.append(len(y))
@@ -177,6 +178,21 @@ def test_auto_picks_the_engine_the_measured_costs_favour(
     assert lines[0].startswith(f"engine: {expected} (auto: ")
     assert f"{1000 * batched:.1f} ms" in lines[0]
     assert f"{1000 * sequential:.1f} ms" in lines[0]
+
+
+def test_a_process_measures_a_setting_once_so_its_runs_stay_bit_identical(make_args, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="fedml")
+    calls = inject_costs(monkeypatch, batched=0.001, sequential=0.004)
+    first = run(make_args(**SMALL))
+    second = run(make_args(**SMALL))
+    assert calls == [10]
+    assert (first.engine, second.engine) == ("vectorized", "vectorized")
+    assert all(torch.equal(first.model_state[k], second.model_state[k]) for k in first.model_state)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine:")]
+    assert "measured earlier in this process" not in lines[0]
+    assert "measured earlier in this process" in lines[1]
+    run(make_args(**{**SMALL, "batch_size": 7}))  # another setting: measured afresh
+    assert calls == [10, 7]
 
 
 @pytest.mark.parametrize(
