@@ -56,7 +56,10 @@ class Folded:
 
     def __call__(self, module: nn.Module, prefix: str, h: torch.Tensor) -> torch.Tensor:
         """Run ``module`` (named ``prefix`` in the model) on the folded activations ``h``."""
-        return BATCHED_LAYERS[type(module)](self, module, prefix, h)
+        implementation = _implementation(type(module))
+        if implementation is None:
+            raise TypeError(f"{prefix or 'the model'}: {type(module).__name__} has no batched implementation")
+        return implementation(self, module, prefix, h)
 
     def param(self, prefix: str, name: str) -> torch.Tensor | None:
         """Return the stacked parameter ``name`` of the module at ``prefix`` (``None`` if it has none)."""
@@ -91,6 +94,10 @@ BatchedLayer = Callable[[Folded, Any, str, torch.Tensor], torch.Tensor]
 BATCHED_LAYERS: dict[type[nn.Module], BatchedLayer] = {}
 """Module type -> its batched implementation; a model batches when every module's type is here."""
 
+BATCHED_LAYERS_BY_NAME: dict[str, BatchedLayer] = {}
+"""``"module.QualifiedName"`` -> batched implementation, for types of optional packages (torchvision's
+MobileNetV2 blocks) that are matched without importing the package."""
+
 LAYER_CHECKS: dict[type[nn.Module], Callable[[Any], str | None]] = {}
 """Module type -> why a module of that type cannot batch (``None``: it can), for options not covered."""
 
@@ -115,11 +122,18 @@ def register_batched_layer(
         LAYER_CHECKS[module_type] = check
 
 
+def _implementation(module_type: type[nn.Module]) -> BatchedLayer | None:
+    found = BATCHED_LAYERS.get(module_type)
+    if found is None:
+        found = BATCHED_LAYERS_BY_NAME.get(f"{module_type.__module__}.{module_type.__qualname__}")
+    return found
+
+
 def unsupported_layer(model: nn.Module) -> str | None:
     """Return the first module of ``model`` that cannot run batched, described in a few words, or ``None``."""
     for name, module in model.named_modules():
         label = f"{name or 'the model'} ({type(module).__name__})"
-        if type(module) not in BATCHED_LAYERS:
+        if _implementation(type(module)) is None:
             return f"{label} has no batched implementation"
         if module._forward_hooks or module._forward_pre_hooks:
             return f"{label} has forward hooks"
@@ -306,6 +320,17 @@ def _basic_block(folded: Folded, module: BasicBlock, prefix: str, h: torch.Tenso
     return F.relu(out + folded(module.shortcut, _prefix(prefix, "shortcut"), h))
 
 
+def _inverted_residual(folded: Folded, module: Any, prefix: str, h: torch.Tensor) -> torch.Tensor:
+    out = folded(module.conv, _prefix(prefix, "conv"), h)
+    return h + out if module.use_res_connect else out
+
+
+def _mobilenet_v2(folded: Folded, module: Any, prefix: str, h: torch.Tensor) -> torch.Tensor:
+    h = folded(module.features, _prefix(prefix, "features"), h)
+    h = F.adaptive_avg_pool2d(h, (1, 1)).flatten(1)
+    return folded(module.classifier, _prefix(prefix, "classifier"), h)
+
+
 def _pad_shortcut(folded: Folded, module: _PadShortcut, prefix: str, h: torch.Tensor) -> torch.Tensor:
     h = h[:, :, :: module.stride, :: module.stride]
     batch, channels, height, width = h.shape
@@ -344,3 +369,10 @@ register_batched_layer(CifarCNN, _cifar_cnn)
 register_batched_layer(ResNet, _resnet)
 register_batched_layer(BasicBlock, _basic_block)
 register_batched_layer(_PadShortcut, _pad_shortcut)
+BATCHED_LAYERS_BY_NAME.update(
+    {
+        "torchvision.ops.misc.Conv2dNormActivation": _sequential,
+        "torchvision.models.mobilenetv2.InvertedResidual": _inverted_residual,
+        "torchvision.models.mobilenetv2.MobileNetV2": _mobilenet_v2,
+    }
+)

@@ -34,10 +34,18 @@ def model_named(name, shape):
     return fedml.model.create(type("A", (), {"model": name, "random_seed": 0})(), 5, input_shape=shape)
 
 
-MODELS = [("cnn", (1, 12, 12)), ("cnn", (3, 16, 16)), ("resnet20", (3, 8, 8)), ("resnet18", (3, 8, 8))]
+MODELS = [
+    ("cnn", (1, 12, 12)),
+    ("cnn", (3, 16, 16)),
+    ("resnet20", (3, 8, 8)),
+    ("resnet18", (3, 8, 8)),
+    ("mobilenet_v2", (3, 8, 8)),
+]
 
 
-@pytest.mark.parametrize(("name", "shape"), MODELS, ids=["cnn-mnist", "cnn-cifar", "resnet20", "resnet18"])
+@pytest.mark.parametrize(
+    ("name", "shape"), MODELS, ids=["cnn-mnist", "cnn-cifar", "resnet20", "resnet18", "mobilenet_v2"]
+)
 def test_batched_forward_and_gradients_equal_each_client_alone(name, shape):
     model = model_named(name, shape)
     assert unsupported_layer(model) is None
