@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from fedml.errors import NotSupportedError
 from fedml.model.cnn import CNN, CifarCNN
 from fedml.model.resnet import BasicBlock, ResNet, _PadShortcut
 
@@ -58,7 +59,9 @@ class Folded:
         """Run ``module`` (named ``prefix`` in the model) on the folded activations ``h``."""
         implementation = _implementation(type(module))
         if implementation is None:
-            raise TypeError(f"{prefix or 'the model'}: {type(module).__name__} has no batched implementation")
+            raise NotSupportedError(
+                f"{prefix.rstrip('.') or 'the model'}: {type(module).__name__} has no batched implementation"
+            )
         return implementation(self, module, prefix, h)
 
     def param(self, prefix: str, name: str) -> torch.Tensor | None:
@@ -70,7 +73,7 @@ class Folded:
 
         A fresh tensor of tens of MB per step costs the kernel's page faults every time (allocations
         that large are mapped and unmapped by the C allocator): for the FedAvg CNN's first linear layer
-        at 10 clients they took about a third of the step. A buffer serves one use per forward pass; a
+        at 10 clients they took about a quarter of the step. A buffer serves one use per forward pass; a
         module called twice gets a fresh tensor for its second use, so the two gradients stay apart.
         """
         if self.workspace is None or name in self._used:
@@ -200,7 +203,7 @@ def _conv(folded: Folded, module: nn.modules.conv._ConvNd, prefix: str, h: torch
     weight = folded.param(prefix, "weight")
     bias = folded.param(prefix, "bias")
     if weight is None:
-        raise ValueError(f"{prefix}weight: a frozen convolution weight is not batched")
+        raise NotSupportedError(f"{prefix}weight: a frozen convolution weight is not batched")
     convolve = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[weight.dim() - 3]
     return convolve(
         h,
@@ -225,7 +228,7 @@ def _linear(folded: Folded, module: nn.Linear, prefix: str, h: torch.Tensor) -> 
     weight = folded.param(prefix, "weight")
     bias = folded.param(prefix, "bias")
     if weight is None:
-        raise ValueError(f"{prefix}weight: a frozen linear weight is not batched")
+        raise NotSupportedError(f"{prefix}weight: a frozen linear weight is not batched")
     batch = h.shape[0]
     columns = h.view(batch, folded.clients, -1).permute(1, 2, 0)  # [K, in, B]
     buffer = folded.gradient_buffer(f"{prefix}weight", weight)

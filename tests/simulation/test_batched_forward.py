@@ -203,3 +203,9 @@ def test_reused_gradient_buffers_give_each_call_its_own_gradients():
         for got, want in zip(grads, expected, strict=True):
             assert float((got - want).abs().max()) <= 1e-5
     assert set(workspace) == {"linear.weight"}  # the second use of the layer got a fresh tensor
+
+
+def test_running_an_unsupported_model_batched_names_the_module():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), Doubler())
+    with pytest.raises(fedml.errors.NotSupportedError, match=r"^1: Doubler has no batched implementation"):
+        batched_forward(model, stacked_params(model), torch.randn(CLIENTS, 2, 1, 5, 5))
