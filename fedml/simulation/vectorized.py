@@ -11,7 +11,8 @@ for it, up to float rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -22,6 +23,7 @@ from torch.nn import functional as F  # noqa: N812
 from fedml.core.algorithms import LocalObjective, Update
 from fedml.core.sampling import client_generator
 from fedml.ml.trainer import sgd_step
+from fedml.simulation.batched_forward import batched_forward, convolutional, unsupported_layer
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
@@ -171,15 +173,25 @@ class VectorizedTrainer:
 class _StepFunction:
     """Per-client gradients and losses of one masked mini-batch for stacked parameters.
 
-    Only the forward pass is vmapped; the losses of the clients are independent, so ordinary autograd
+    Only the forward pass is batched; the losses of the clients are independent, so ordinary autograd
     on their sum gives each client's gradient in its own row, without the per-step cost of
-    ``vmap(grad(...))``.
+    ``vmap(grad(...))``. A convolutional model whose every layer has a batched implementation runs
+    through ``batched_forward`` (clients folded into the channels, one grouped convolution per layer),
+    which measured faster on a CPU than ``vmap``; any other model runs through ``vmap(functional_call)``.
     """
 
     def __init__(self, model: nn.Module, objective: LocalObjective) -> None:
         self.model = model
         self.penalty = objective.penalty
-        self._forward = vmap(self._forward_one, in_dims=(0, 0))
+        self.forward_kind = forward_kind(model)
+        # Reused gradient buffers of the folded forward: the gradients of one call are consumed (the
+        # SGD step) before the next call overwrites them.
+        self._workspace: dict[str, torch.Tensor] = {}
+        self._forward: Callable[..., torch.Tensor] = (
+            partial(batched_forward, model, workspace=self._workspace)
+            if self.forward_kind == "folded"
+            else vmap(self._forward_one, in_dims=(0, 0))
+        )
         self._penalty = vmap(objective.penalty, in_dims=(0, None)) if objective.penalty else None
 
     def __call__(
@@ -202,6 +214,16 @@ class _StepFunction:
 
     def _forward_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, params, (x,))
+
+
+def forward_kind(model: nn.Module) -> str:
+    """Return how the vectorized engine runs ``model``'s forward pass: ``"folded"`` or ``"vmap"``.
+
+    ``"folded"`` (``fedml.simulation.batched_forward``) for a model with convolutions or GroupNorm whose
+    every module has a batched implementation; ``"vmap"`` for everything else, fully connected models
+    included (``vmap`` already turns their layers into one batched matrix product).
+    """
+    return "folded" if convolutional(model) and unsupported_layer(model) is None else "vmap"
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

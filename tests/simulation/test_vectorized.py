@@ -6,7 +6,8 @@ import yaml
 from torch import nn
 
 import fedml
-from fedml.simulation.engine import AUTO_MAX_PARAMS, choose_engine
+from fedml.simulation import engine as engine_module
+from fedml.simulation.engine import COST_BUDGET_S, StepCosts, choose_engine
 from fedml.simulation.sp import SPSimulator
 
 
@@ -142,26 +143,80 @@ def test_bad_engine_name_is_a_config_error(make_args):
         make_args(engine="turbo")
 
 
+def inject_costs(monkeypatch, batched, sequential):
+    """Make ``auto``'s cost model report these seconds; return the list of the calls it got."""
+    calls = []
+    monkeypatch.setattr(engine_module, "MEASURED", {})
+
+    def measure(model, objective, x, y, args):
+        calls.append(len(y))
+        return StepCosts(args.client_num_per_round, batched, sequential)
+
+    monkeypatch.setattr(engine_module, "measure_step_costs", measure)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("model", "batched", "sequential", "expected"),
+    [
+        ("lr", 0.001, 0.004, "vectorized"),
+        ("lr", 0.004, 0.001, "sequential"),
+        ("cnn", 0.010, 0.030, "vectorized"),
+        ("cnn", 0.031, 0.030, "sequential"),
+    ],
+)
+def test_auto_picks_the_engine_the_measured_costs_favour(
+    make_args, monkeypatch, caplog, model, batched, sequential, expected
+):
+    caplog.set_level(logging.INFO, logger="fedml")
+    calls = inject_costs(monkeypatch, batched, sequential)
+    simulator = sp(make_args(model=model, batch_size=10))
+    assert simulator.engine == expected
+    assert calls == [10]  # measured once, on a real batch of batch_size samples
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine:")]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"engine: {expected} (auto: ")
+    assert f"{1000 * batched:.1f} ms" in lines[0]
+    assert f"{1000 * sequential:.1f} ms" in lines[0]
+
+
+def test_a_process_measures_a_setting_once_so_its_runs_stay_bit_identical(make_args, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="fedml")
+    calls = inject_costs(monkeypatch, batched=0.001, sequential=0.004)
+    first = run(make_args(**SMALL))
+    second = run(make_args(**SMALL))
+    assert calls == [10]
+    assert (first.engine, second.engine) == ("vectorized", "vectorized")
+    assert all(torch.equal(first.model_state[k], second.model_state[k]) for k in first.model_state)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine:")]
+    assert "measured earlier in this process" not in lines[0]
+    assert "measured earlier in this process" in lines[1]
+    run(make_args(**{**SMALL, "batch_size": 7}))  # another setting: measured afresh
+    assert calls == [10, 7]
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({}, "vectorized"),  # 10 small clients per round
-        ({"client_num_per_round": 3}, "sequential"),  # too few clients to batch on a CPU
-        ({"model": "cnn"}, "sequential"),  # more than AUTO_MAX_PARAMS parameters
-        ({"client_optimizer": "adam"}, "sequential"),  # not supported
+        ({"client_optimizer": "adam"}, "sequential"),  # the vectorized engine cannot run it
+        ({"client_num_per_round": 1}, "sequential"),  # nothing to batch
+        ({"engine": "vectorized"}, "vectorized"),  # explicit choices are not measured
+        ({"engine": "sequential"}, "sequential"),
     ],
 )
-def test_auto_picks_what_the_docs_say(make_args, overrides, expected):
-    simulator = sp(make_args(**overrides))
-    assert simulator.engine == expected
+def test_auto_measures_only_when_there_is_a_choice(make_args, monkeypatch, overrides, expected):
+    calls = inject_costs(monkeypatch, batched=0.004, sequential=0.001)
+    assert sp(make_args(**overrides)).engine == expected
+    assert calls == []
 
 
-def test_auto_rule_thresholds_are_the_documented_ones():
+def test_the_cost_model_is_documented():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "performance.md").read_text()
-    assert "at least 4 clients per round" in text
-    assert f"{AUTO_MAX_PARAMS:,}" in text
+    assert "## Convolutions in the vectorized engine" in text
+    assert "measured cost model" in text
+    assert f"{COST_BUDGET_S} s" in text
 
 
 def test_a_huge_batch_size_is_capped_at_the_clients_data(make_args):
