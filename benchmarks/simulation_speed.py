@@ -2,10 +2,14 @@
 
 Every measurement runs in its own subprocess, so the peak memory (max RSS) is per case. Wall time
 counts training and per-round evaluation, not importing or loading data; every measurement is repeated
-and the fastest of `--repeat` (default 3) is reported. Run from the repository root::
+and the fastest of `--repeat` (default 3) is reported. The targets of issue 18 (W1-W3, the one-liner
+and `import fedml`) are printed as ratios to a reference measured in the same run, medians of
+interleaved runs at one torch thread. Run from the repository root::
 
-    python benchmarks/simulation_speed.py            # the full table (about 12 minutes on 2 cores)
+    python benchmarks/simulation_speed.py            # the full table and the targets (about 15 minutes)
+    python benchmarks/simulation_speed.py --targets  # only the targets (about 3 minutes on 2 cores)
     python benchmarks/simulation_speed.py --quick    # a smoke run of every case (well under a minute)
+    python benchmarks/simulation_speed.py --targets --against ../old-checkout   # before/after
 """
 
 from __future__ import annotations
@@ -71,6 +75,20 @@ BATCH_CASE = {
 """Peak memory of one round at each batch size, sequential vs vectorized (the vectorized buffers are
 capped at a client's data, so a huge batch_size costs no more than one holding all of it)."""
 
+WORKLOADS = {
+    "W1": {"client_num_in_total": 10, "client_num_per_round": 10, "comm_round": 50},
+    "W2": {"client_num_in_total": 100, "client_num_per_round": 10, "comm_round": 100},
+    "W3": {"client_num_in_total": 1000, "client_num_per_round": 100, "comm_round": 50},
+}
+"""Issue 18's workloads, LR on the embedded MNIST subset: fedml's rounds at <= 0.25x the plain loop's."""
+QUICK_WORKLOADS = {"W1": {"comm_round": 3}, "W2": {"comm_round": 5}, "W3": {"comm_round": 2}}
+ROUNDS_TARGET = 0.25
+"""fedml's rounds (auto engine) as a fraction of the plain loop's, on W1-W3."""
+ONE_LINER_TARGET = 2.5
+"""The whole default one-liner as a multiple of `python -c "import torch"`."""
+IMPORT_TARGET_S = 0.15
+"""Seconds `import fedml` may add to `import torch`."""
+
 SCALE = {"dataset": "synthetic", "model": "lr", "client_num_in_total": 100_000, "client_num_per_round": 1000}
 
 
@@ -127,7 +145,8 @@ def engine(settings: dict, name: str) -> dict:
     from fedml.config import load_arguments
 
     with tempfile.TemporaryDirectory() as runs:
-        args = load_arguments(None, {**settings, "download": False, "engine": name, "run_dir": runs})
+        overrides = {**settings, "download": False, "engine": name, "run_dir": runs}
+        args = load_arguments(None, overrides)
         dataset, output_dim = fedml.data.load(args)
         model = fedml.model.create(args, output_dim)
         start = time.perf_counter()
@@ -140,18 +159,23 @@ def worker(kind: str, settings: dict) -> None:
     """Run one measurement and print it as JSON with this process's peak memory."""
     import logging
 
+    import torch
+
     logging.getLogger("fedml").setLevel(logging.WARNING)
+    if settings.pop("one_thread", False):
+        torch.set_num_threads(1)
     out = reference(settings) if kind == "reference" else engine(settings, kind)
     out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
 
-def measure(kind: str, settings: dict, repeat: int = 1) -> dict:
+def measure(kind: str, settings: dict, repeat: int = 1, tree: Path = ROOT) -> dict:
     """Run ``worker(kind, settings)`` ``repeat`` times in fresh interpreters; return the fastest run's line.
 
-    Best of N reports the run least disturbed by whatever else the machine did.
+    Best of N reports the run least disturbed by whatever else the machine did. ``tree`` is the
+    checkout whose ``fedml`` runs (another one measures a before/after in the same run).
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     cmd = [sys.executable, __file__, "--worker", kind, json.dumps(settings)]
     best: dict | None = None
     for _ in range(repeat):
@@ -178,19 +202,99 @@ def whole_process() -> float:
         return time.perf_counter() - start
 
 
+def startup(code: str, tree: Path = ROOT) -> float:
+    """Return the wall time of ``python -c code`` as a new process at one thread (imports included)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, check=True)
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    """Return the median of ``values``."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def targets(quick: bool, repeat: int, against: Path | None) -> None:
+    """Print issue 18's targets as ratios to references measured in this run (medians, interleaved).
+
+    Rounds: W1-W3 with the ``auto`` engine vs the plain loop, both at one torch thread, on the same
+    data, partition and initial weights; fedml's curves.png is left out (the loop draws none).
+    Start-up: the default one-liner and ``import fedml`` vs ``import torch``, in fresh processes.
+    ``against`` is another checkout measured the same way (the figures before a change).
+    """
+    trees = {"fedml": ROOT, **({"before": against} if against is not None else {})}
+    print(f"targets, medians of {repeat} interleaved runs, 1 torch thread:")
+    for name, workload in WORKLOADS.items():
+        settings = {
+            "dataset": "mnist",
+            "model": "lr",
+            **workload,
+            **(QUICK_WORKLOADS[name] if quick else {}),
+            "one_thread": True,
+        }
+        runs: dict[str, list[float]] = {"reference": [], **{label: [] for label in trees}}
+        for _ in range(repeat):
+            runs["reference"].append(measure("reference", settings)["seconds"])
+            for label, tree in trees.items():
+                row = measure("auto", {**settings, "plots": False}, tree=tree)
+                runs[label].append(row["seconds"])
+                if "error" in row:
+                    print(row["error"], file=sys.stderr)
+        ref = median(runs["reference"])
+        ratios = ", ".join(
+            f"{label} {median(runs[label]):.2f} s = {median(runs[label]) / ref:.2f}x" for label in trees
+        )
+        met = median(runs["fedml"]) / ref <= ROUNDS_TARGET
+        print(
+            f"{name} rounds ({settings['client_num_per_round']} of {settings['client_num_in_total']} "
+            f"clients, {settings['comm_round']} rounds): plain loop {ref:.2f} s; {ratios} "
+            f"(target <= {ROUNDS_TARGET}x: {'met' if met else 'NOT met'})",
+            flush=True,
+        )
+    with tempfile.TemporaryDirectory() as runs_dir:
+        one_liner = f"import fedml; fedml.run_simulation(argv=[], download=False, run_dir={runs_dir!r})"
+        codes = {"torch": "import torch", "import": "import fedml", "one-liner": one_liner}
+        times: dict[str, list[float]] = {f"{label} {what}": [] for label in trees for what in codes}
+        times.update({"torch": []})
+        for _ in range(repeat if quick else max(repeat, 5)):
+            times["torch"].append(startup("import torch"))
+            for label, tree in trees.items():
+                for what in ("import", "one-liner"):
+                    times[f"{label} {what}"].append(startup(codes[what], tree))
+    torch_s = median(times["torch"])
+    for label in trees:
+        added = median(times[f"{label} import"]) - torch_s
+        whole = median(times[f"{label} one-liner"])
+        print(
+            f"{label}: one-liner {whole:.2f} s = {whole / torch_s:.2f}x `import torch` ({torch_s:.2f} s; "
+            f"target <= {ONE_LINER_TARGET}x: {'met' if whole / torch_s <= ONE_LINER_TARGET else 'NOT met'}); "
+            f"`import fedml` adds {added:.3f} s (target < {IMPORT_TARGET_S} s: "
+            f"{'met' if added < IMPORT_TARGET_S else 'NOT met'})",
+            flush=True,
+        )
+
+
 def main() -> None:
     """Print the table of every case, the whole-process time and the 100,000-client memory."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: small cases, one run of each")
     parser.add_argument("--cases", default="abcd", help="which cases to run, e.g. 'ab'")
     parser.add_argument("--repeat", type=int, default=None, help="report the best of N runs (default 3)")
+    parser.add_argument("--targets", action="store_true", help="only issue 18's targets (W1-W3, start-up)")
+    parser.add_argument("--against", type=Path, help="another checkout to measure in the targets (before)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SETTINGS"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.worker:
         worker(opts.worker[0], json.loads(opts.worker[1]))
         return
-    print(f"{'case':<5}{'runner':<12}{'wall s':>8}{'peak MB':>9}{'accuracy':>10}{'x reference':>13}")
     repeat = opts.repeat if opts.repeat is not None else 1 if opts.quick else 3
+    targets(opts.quick, repeat, opts.against.resolve() if opts.against else None)
+    if opts.targets:
+        return
+    print(f"{'case':<5}{'runner':<12}{'wall s':>8}{'peak MB':>9}{'accuracy':>10}{'x reference':>13}")
     for case in opts.cases:
         settings = {**CASES[case], **(QUICK[case] if opts.quick else {})}
         ref = measure("reference", settings, repeat)
