@@ -143,16 +143,20 @@ class VectorizedTrainer:
         rule = {"lr": args.learning_rate, "momentum": args.momentum, "weight_decay": args.weight_decay}
         # Everything the loop needs is laid out before it: a step slices, runs the model and updates in
         # place; views are rebuilt only when a client finishes (the stack's prefix shrinks).
+        # The prefix views are autograd leaves that share the stack's storage and version counter, so
+        # SGD updates them in place after each backward and the next step reads the new values.
         width = -1
         params: list[torch.Tensor] = []
+        named: dict[str, torch.Tensor] = {}
         views: list[torch.Tensor | None] = []
         for t, k in enumerate(layout.active):
             if k != width:
                 width = k
-                params = [p[:k] for p in stacked]
+                params = [p[:k].detach().requires_grad_() for p in stacked]
+                named = dict(zip(names, params, strict=True))
                 views = [None if b is None else b[:k] for b in buffers]
             x, y, weight = layout.step(t, k)
-            grads, loss = self.step_fn(dict(zip(names, params, strict=True)), x, y, weight, anchor)
+            grads, loss = self.step_fn(named, x, y, weight, anchor)
             losses.append(loss)
             sgd_step(params, [grads[name] for name in names], views, **rule)
             if t == 0:
@@ -195,7 +199,7 @@ class _StepFunction:
         weight: torch.Tensor,
         anchor: Mapping[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+        leaves = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
         with torch.enable_grad():
             logits = self._forward(leaves, x)
             per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
