@@ -11,6 +11,7 @@ for it, up to float rounding.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -283,7 +284,11 @@ class _Layout:
         batch = min(batch, max(sizes_of))
         per_client = [epochs * math.ceil(n / batch) for n in sizes_of]
         steps = max(per_client)
-        self.active = [sum(1 for s in per_client if s > t) for t in range(steps)]
+        finishing = Counter(per_client)
+        self.active, training = [], len(clients)
+        for t in range(steps):
+            training -= finishing.get(t, 0)
+            self.active.append(training)
         values, owners, epoch_of, lengths = [], [], [], []
         start = 0
         for i, ((client_idx, _), n) in enumerate(zip(clients, sizes_of, strict=True)):
