@@ -177,3 +177,15 @@ def test_a_huge_batch_size_is_capped_at_the_clients_data(make_args):
     settings = {"client_num_in_total": 20, "client_num_per_round": 4, "comm_round": 2, "batch_size": 10**9}
     sequential = run(make_args(engine="sequential", **settings)).model_state
     assert max_diff(sequential, run(make_args(engine="vectorized", **settings)).model_state) <= 1e-5
+
+
+def test_gathering_one_step_at_a_time_gives_the_same_model_bit_for_bit(make_args, monkeypatch):
+    import fedml.simulation.vectorized as vectorized
+
+    settings = {**SMALL, "epochs": 2, "momentum": 0.5, "weight_decay": 0.001, "batch_size": 7}
+    chunked = run(make_args(engine="vectorized", **settings)).model_state
+    again = run(make_args(engine="vectorized", **settings)).model_state
+    monkeypatch.setattr(vectorized, "GATHER_BYTES", 1)
+    one_step = run(make_args(engine="vectorized", **settings)).model_state
+    assert all(torch.equal(chunked[k], again[k]) for k in chunked)
+    assert all(torch.equal(chunked[k], one_step[k]) for k in chunked)
