@@ -29,3 +29,28 @@ def get_device(args: Any) -> torch.device:
         )
         return torch.device("cuda:0")
     return torch.device(f"cuda:{args.gpu_id}")
+
+
+_threads_logged: set[int] = set()
+
+
+def set_threads(args: Any, device: torch.device) -> int:
+    """Set the intra-op thread count of this process from ``device_args.num_threads``; return it.
+
+    ``null`` picks 1 thread on the CPU: the engines' steps are many small operations, and on the
+    machines measured one thread was both faster and far steadier than two (docs/performance.md,
+    "Threads"). On a GPU the CPU only launches kernels, so PyTorch's default is kept. The choice is
+    logged once per process and count.
+    """
+    threads = args.num_threads
+    reason = "device_args.num_threads"
+    if threads is None:
+        if device.type == "cuda":
+            return torch.get_num_threads()
+        threads, reason = 1, "default on the CPU"
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if threads not in _threads_logged:
+        _threads_logged.add(threads)
+        log.info("[FedML] %d intra-op CPU thread%s (%s)", threads, "" if threads == 1 else "s", reason)
+    return threads

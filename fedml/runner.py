@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedml.core.registry import Registry
+from fedml.device import set_threads
 from fedml.errors import NotSupportedError
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class FedMLRunner:
         client_trainer: ClientTrainer | None = None,
         server_aggregator: ServerAggregator | None = None,
     ) -> None:
+        set_threads(args, device)
         key = (args.training_type, args.backend)
         if f"{key[0]}/{key[1]}" not in RUNNERS:
             built = ", ".join(f"{t}/{b}" for t, b in available_runners())

@@ -123,10 +123,11 @@ class ValidationArgs(Section):
 
 
 class DeviceArgs(Section):
-    """``device_args``: where tensors live."""
+    """``device_args``: where tensors live, and how many CPU threads one operation may use."""
 
     using_gpu: bool = False
     gpu_id: int = Field(0, ge=0)
+    num_threads: int | None = Field(None, ge=1)
 
 
 class CommArgs(Section):

@@ -220,15 +220,27 @@ def test_the_cost_model_is_documented():
 
 
 def test_a_huge_batch_size_is_capped_at_the_clients_data(make_args):
-    from fedml.simulation.vectorized import _batches
+    from fedml.simulation.vectorized import _Layout
 
     args = make_args(client_num_in_total=20)
     dataset, _ = fedml.data.load(args)
     clients = [(c, dataset.local_train(c)) for c in range(4)]
     largest = max(len(data) for _, data in clients)
-    _, _, rows, mask = _batches(clients, epochs=2, batch=10**9, seed=0, round_idx=0)
-    assert rows.shape == (4, 2, largest)
-    assert mask.sum().item() == 2 * sum(len(data) for _, data in clients)
+    layout = _Layout(clients, epochs=2, batch=10**9, seed=0, round_idx=0, device=torch.device("cpu"))
+    assert layout.rows.shape == (2, 4, largest)
+    assert layout.counts.sum().item() == 2 * sum(len(data) for _, data in clients)
     settings = {"client_num_in_total": 20, "client_num_per_round": 4, "comm_round": 2, "batch_size": 10**9}
     sequential = run(make_args(engine="sequential", **settings)).model_state
     assert max_diff(sequential, run(make_args(engine="vectorized", **settings)).model_state) <= 1e-5
+
+
+def test_gathering_one_step_at_a_time_gives_the_same_model_bit_for_bit(make_args, monkeypatch):
+    import fedml.simulation.vectorized as vectorized
+
+    settings = {**SMALL, "epochs": 2, "momentum": 0.5, "weight_decay": 0.001, "batch_size": 7}
+    chunked = run(make_args(engine="vectorized", **settings)).model_state
+    again = run(make_args(engine="vectorized", **settings)).model_state
+    monkeypatch.setattr(vectorized, "GATHER_BYTES", 1)
+    one_step = run(make_args(engine="vectorized", **settings)).model_state
+    assert all(torch.equal(chunked[k], again[k]) for k in chunked)
+    assert all(torch.equal(chunked[k], one_step[k]) for k in chunked)
