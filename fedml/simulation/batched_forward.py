@@ -1,4 +1,4 @@
-"""Batched forward of many clients' copies of a convolutional model, the clients folded into the channels.
+"""Batched forward of many clients' copies of a model, the clients folded into the channels.
 
 The vectorized engine stacks every trainable parameter along a first dimension, one row per client.
 ``vmap(functional_call)`` runs such a model, but on a CPU its per-client convolutions measured slower
@@ -27,6 +27,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from fedml.errors import NotSupportedError
 from fedml.model.cnn import CNN, CifarCNN
+from fedml.model.linear import MLP, LogisticRegression
 from fedml.model.resnet import BasicBlock, ResNet, _PadShortcut
 
 
@@ -145,11 +146,6 @@ def unsupported_layer(model: nn.Module) -> str | None:
         if reason is not None:
             return f"{label} {reason}"
     return None
-
-
-def convolutional(model: nn.Module) -> bool:
-    """Return whether ``model`` has a convolution or a GroupNorm, the layers this module exists for."""
-    return any(isinstance(m, (nn.modules.conv._ConvNd, nn.GroupNorm)) for m in model.modules())
 
 
 def batched_forward(
@@ -298,6 +294,16 @@ def _group_norm_check(module: nn.GroupNorm) -> str | None:
     return "has a frozen affine part" if frozen else None
 
 
+def _logistic_regression(
+    folded: Folded, module: LogisticRegression, prefix: str, h: torch.Tensor
+) -> torch.Tensor:
+    return folded(module.linear, _prefix(prefix, "linear"), h.flatten(1))
+
+
+def _mlp(folded: Folded, module: MLP, prefix: str, h: torch.Tensor) -> torch.Tensor:
+    return folded(module.layers, _prefix(prefix, "layers"), h)
+
+
 def _cnn(folded: Folded, module: CNN, prefix: str, h: torch.Tensor) -> torch.Tensor:
     h = folded.fold_image(h, module._image_shape)
     h = folded(module.features, _prefix(prefix, "features"), h)
@@ -367,6 +373,8 @@ for _type in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_batched_layer(_type, _conv, _conv_check)
 register_batched_layer(nn.Linear, _linear, _linear_check)
 register_batched_layer(nn.GroupNorm, _group_norm, _group_norm_check)
+register_batched_layer(LogisticRegression, _logistic_regression)
+register_batched_layer(MLP, _mlp)
 register_batched_layer(CNN, _cnn)
 register_batched_layer(CifarCNN, _cifar_cnn)
 register_batched_layer(ResNet, _resnet)

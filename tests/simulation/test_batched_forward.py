@@ -152,9 +152,9 @@ def test_a_registered_layer_makes_its_model_batch():
 
 @pytest.mark.parametrize(
     ("name", "shape", "kind"),
-    [("lr", (1, 8, 8), "vmap"), ("mlp", (1, 8, 8), "vmap"), ("cnn", (1, 8, 8), "folded")],
+    [("lr", (1, 8, 8), "folded"), ("mlp", (1, 8, 8), "folded"), ("cnn", (1, 8, 8), "folded")],
 )
-def test_only_convolutional_models_take_the_folded_forward(name, shape, kind):
+def test_the_built_in_models_take_the_folded_forward(name, shape, kind):
     model = model_named(name, shape)
     assert forward_kind(model) == kind
     assert _StepFunction(model, FedAvg().local_objective()).forward_kind == kind
