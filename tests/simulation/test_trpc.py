@@ -10,6 +10,7 @@ from fedml.errors import ConfigError
 
 from ..conftest import ROOT
 from .launchers import (
+    BIN,
     SETTINGS,
     final_model_and_accuracy,
     free_port,
@@ -139,3 +140,41 @@ def test_a_remote_master_address_is_refused_before_anything_listens(trpc_args, m
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=re.escape("MASTER_ADDR 192.0.2.7 is not a loopback address")):
         run_trpc(trpc_args)
+
+
+@pytest.mark.parametrize(
+    ("topology", "extra"),
+    [
+        (
+            "decentralized",
+            [
+                "graph=random_regular",
+                "degree=3",
+                "gossip_steps=2",
+                "client_num_in_total=10",
+                "client_num_per_round=10",
+            ],
+        ),
+        ("hierarchical", ["group_num=2", "group_comm_round=2"]),
+    ],
+)
+def test_the_topologies_run_over_trpc_unchanged_and_give_the_mpi_models(tmp_path, topology, extra):
+    config = str(ROOT / "configs" / f"simulation_mpi_{topology}_mnist_lr.yaml")
+    mpi_example = str(ROOT / "examples" / f"simulation_mpi_{topology}_mnist_lr.py")
+    settings = ["--cf", config, *SETTINGS, "comm_round=3", *extra]
+    runs = {}
+    for backend in ("MPI", "TRPC"):
+        where = tmp_path / backend
+        where.mkdir()
+        paths = [f"run_dir={where / 'runs'}", f"data_cache_dir={tmp_path}"]
+        if backend == "MPI":
+            command = [launcher("mpirun"), "-np", "3", str(BIN / "python"), mpi_example]
+        else:
+            command = [launcher("torchrun"), "--nproc-per-node", "3", "--master-port", str(free_port())]
+            command.append(TRPC_EXAMPLE)
+        done, _ = launch([*command, *settings, *paths], where)
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs[backend] = final_model_and_accuracy(where / "runs")
+    (mpi_state, mpi_accuracy), (trpc_state, trpc_accuracy) = runs["MPI"], runs["TRPC"]
+    assert max_abs_diff(trpc_state, mpi_state) < 1e-5
+    assert trpc_accuracy == mpi_accuracy
