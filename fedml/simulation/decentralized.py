@@ -39,7 +39,7 @@ from fedml.core.round.gossip import (
 from fedml.core.round.secure import secagg_settings
 from fedml.core.round.wire import pack_outcome, pack_updates, unpack_outcome, unpack_updates
 from fedml.core.topology import spectral_gap
-from fedml.errors import ConfigError, FedMLError, ProtocolError, TransportError
+from fedml.errors import ConfigError, FedMLError, NotSupportedError, ProtocolError, TransportError
 from fedml.tracking import Progress, RunResult, RunTracker, role_logger
 
 if TYPE_CHECKING:
@@ -288,7 +288,14 @@ class Mailbox:
 
 def _run_on_ranks(simulator: Simulator, gossip: Gossip) -> RunResult:
     """Run the nodes across the ranks of ``simulator.open_transport()``; every rank returns the result."""
-    transport = simulator.open_transport()  # type: ignore[attr-defined]
+    from fedml.simulation.mpi import MPISimulator
+
+    if not isinstance(simulator, MPISimulator):
+        raise NotSupportedError(
+            f"common_args.topology decentralized runs over comm_args.backend sp, MPI or TRPC, "
+            f"not {simulator.backend_name}"
+        )
+    transport = simulator.open_transport()
     coordinating = transport.address == COORDINATOR
     log = role_logger("Server", 0) if coordinating else role_logger("Client", transport.rank)
     mailbox = Mailbox(transport, simulator.args.timeout, log)

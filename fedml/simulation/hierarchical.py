@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fedml.config.sections import read_settings
 from fedml.core.privacy.settings import DPArgs
 from fedml.core.robust import chain_preconditions, defense_chain
-from fedml.core.round import AllReplies, RemoteBackend, RoundWorker
+from fedml.core.round import RoundWorker
 from fedml.core.round.hierarchical import HierarchicalBackend, group_clients
 from fedml.core.steps.defense import DefenseStep
 from fedml.errors import ConfigError, NotSupportedError, PrivacyError, TransportError
@@ -74,16 +74,7 @@ def _run_remote(simulator: Simulator, groups: list[list[int]]) -> RunResult:
         if transport.rank == 0:
             rounds = simulator.rounds()
             describe(rounds.log, groups, args.group_comm_round)
-            remote = RemoteBackend(
-                transport,
-                AllReplies(args.timeout),
-                simulator.backend_name,
-                expected_peers=[str(r) for r in range(1, transport.world_size)],
-                join_timeout=args.timeout,
-                client_num=simulator.dataset.client_num,
-                log=rounds.log,
-            )
-            return rounds.run(remote)
+            return rounds.run(simulator.remote_backend(transport, rounds.log))
         group = transport.rank - 1
         members = groups[group]
         log = role_logger(role, rank)

@@ -6,6 +6,8 @@ nothing of the round is specific to MPI.
 
 from __future__ import annotations
 
+import logging
+
 from fedml.core.comm.base import JobTransport
 from fedml.core.comm.mpi import MPITransport
 from fedml.core.round import AllReplies, RemoteBackend, RoundWorker
@@ -51,6 +53,19 @@ class MPISimulator(Simulator):
             )
         return transport
 
+    def remote_backend(self, transport: JobTransport, log: logging.LoggerAdapter) -> RemoteBackend:
+        """Return rank 0's backend: every other rank is a peer, and a round waits for all of them."""
+        args = self.args
+        return RemoteBackend(
+            transport,
+            AllReplies(args.timeout),
+            self.backend_name,
+            expected_peers=[str(r) for r in range(1, transport.world_size)],
+            join_timeout=args.timeout,
+            client_num=self.dataset.client_num,
+            log=log,
+        )
+
     def run(self) -> RunResult:
         """Run the simulation on this rank and return the run's result."""
         other = run_topology(self)
@@ -62,15 +77,7 @@ class MPISimulator(Simulator):
         try:
             if transport.rank == 0:
                 rounds = self.rounds()
-                backend = RemoteBackend(
-                    transport,
-                    AllReplies(args.timeout),
-                    self.backend_name,
-                    expected_peers=[str(r) for r in range(1, transport.world_size)],
-                    join_timeout=args.timeout,
-                    client_num=self.dataset.client_num,
-                    log=rounds.log,
-                )
+                backend = self.remote_backend(transport, rounds.log)
                 return rounds.run(secure_remote(backend, args, self.steps, self.algorithm))
             worker = RoundWorker(transport, self.local_backend(), self.sample_counts(), args.timeout)
             return secure_worker(worker, args, self.steps).run()
