@@ -24,17 +24,15 @@ import torch
 
 from fedml.core.algorithms import Update
 from fedml.core.comm import Message, MessageKind, Transport
-from fedml.core.round.driver import train_loss
+from fedml.core.round.driver import evaluates, train_loss
 from fedml.core.round.gossip import (
     GOSSIP_ALGORITHMS,
     Gossip,
     State,
     average,
-    check_finite,
     consensus_distance,
-    evaluates,
     mix,
-    train_nodes,
+    train_round,
 )
 from fedml.core.round.secure import secagg_settings
 from fedml.core.round.wire import pack_outcome, pack_updates, unpack_outcome, unpack_updates
@@ -185,10 +183,7 @@ def _run_here(simulator: Simulator, gossip: Gossip) -> RunResult:
         states = dict.fromkeys(nodes, start)
         for round_idx in range(args.comm_round):
             began = tracking.tracker.round_started()
-            trained = train_nodes(backend, round_idx, states)
-            updates = [trained[i] for i in nodes]
-            check_finite(round_idx, updates)
-            states = {i: trained[i].state for i in nodes}
+            updates, states = train_round(backend, round_idx, states, nodes)
             weights = gossip.weights(round_idx)
             for _ in range(gossip.steps):
                 states = mix(states, weights, nodes)
@@ -357,10 +352,7 @@ def _host_nodes(simulator: Simulator, gossip: Gossip, mailbox: Mailbox, world_si
     start = mailbox.take("start", -1, COORDINATOR).tensors
     states = dict.fromkeys(mine, start)
     for round_idx in range(args.comm_round):
-        trained = train_nodes(backend, round_idx, states)
-        updates = [trained[i] for i in mine]
-        check_finite(round_idx, updates)
-        states = {i: trained[i].state for i in mine}
+        updates, states = train_round(backend, round_idx, states, mine)
         weights = gossip.weights(round_idx)
         for step in range(gossip.steps):
             theirs = _exchange(mailbox, round_idx, step, states, weights, owner, rank)

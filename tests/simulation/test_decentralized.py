@@ -200,3 +200,21 @@ def test_a_failing_rank_ends_the_mpi_job_and_rank_0_records_why(tmp_path):
     assert seconds < 60
     error = (run_dir_of(tmp_path / "runs") / "error.txt").read_text()
     assert error == "FedMLError: rank 2 failed: RuntimeError('lost its data')\n"
+
+
+def test_nodes_with_equal_models_train_as_one_task_and_distinct_ones_apart(tmp_path):
+    sim = simulator(tmp_path, "comm_round=1")
+    backend = sim.local_backend()
+    tasks = []
+    train = backend.train
+    backend.train = lambda task: tasks.append(list(task.clients)) or train(task)
+    start = sim.aggregator.get_model_params()
+    other = {k: v + 1 for k, v in start.items()}
+    # Equal values in distinct objects group too; a state differing only past the first tensor does not.
+    late = {k: (v + 1 if i == len(start) - 1 else v) for i, (k, v) in enumerate(start.items())}
+    states = {0: start, 1: other, 2: {k: v.clone() for k, v in start.items()}, 3: late, 4: other}
+
+    trained = train_nodes(backend, 0, states)
+
+    assert sorted(tasks) == [[0, 2], [1, 4], [3]]
+    assert sorted(trained) == [0, 1, 2, 3, 4]

@@ -320,7 +320,7 @@ class FederatedRound:
         self.aggregator.set_model_params(global_state)
         new_state = self.algorithm.server_update(global_state, combined, ctx)
         self.aggregator.set_model_params(new_state)
-        if self.test_data is not None and self._evaluates(round_idx):
+        if self.test_data is not None and evaluates(self.args, round_idx):
             test = self.aggregator.test(self.test_data, self.device, self.args)
             self._started().log_round(
                 round_idx, test, train_loss(combined), client_count(combined), self.step_metrics()
@@ -336,9 +336,11 @@ class FederatedRound:
             self.checkpoint(self.args.comm_round)
         return self._started().finish(self.aggregator.get_model_params())
 
-    def _evaluates(self, round_idx: int) -> bool:
-        last = round_idx == self.args.comm_round - 1
-        return last or (round_idx + 1) % self.args.frequency_of_the_test == 0
+
+def evaluates(args: Any, round_idx: int) -> bool:
+    """Return whether round ``round_idx`` is evaluated (every ``frequency_of_the_test``-th, and the last)."""
+    last = round_idx == args.comm_round - 1
+    return last or (round_idx + 1) % args.frequency_of_the_test == 0
 
 
 def usable_updates(

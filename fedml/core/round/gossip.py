@@ -177,16 +177,20 @@ def train_nodes(backend: LocalBackend, round_idx: int, states: Mapping[int, Stat
 
     Nodes whose states are equal (all of them in round 1, and after gossip on a complete graph) train
     as one task, so the vectorized engine batches them; the others train one task per distinct state.
+    Only states with the same fingerprint are compared in full, so distinct states (the usual case
+    after gossip) cost one reduction each, not a comparison with every other node's.
     """
-    groups: list[tuple[State, list[int]]] = []
+    candidates: dict[float, list[tuple[State, list[int]]]] = {}
     for node in sorted(states):
         state = states[node]
-        for start, members in groups:
+        alike = candidates.setdefault(_fingerprint(state), [])
+        for start, members in alike:
             if _equal(start, state):
                 members.append(node)
                 break
         else:
-            groups.append((state, [node]))
+            alike.append((state, [node]))
+    groups = sorted((group for alike in candidates.values() for group in alike), key=lambda g: g[1][0])
     updates: dict[int, Update] = {}
     for start, members in groups:
         task = RoundTask(round_idx, start, members, {}, len(members))
@@ -194,10 +198,21 @@ def train_nodes(backend: LocalBackend, round_idx: int, states: Mapping[int, Stat
     return updates
 
 
-def evaluates(args: Any, round_idx: int) -> bool:
-    """Return whether round ``round_idx`` is evaluated (every ``frequency_of_the_test``-th, and the last)."""
-    last = round_idx == args.comm_round - 1
-    return last or (round_idx + 1) % args.frequency_of_the_test == 0
+def train_round(
+    backend: LocalBackend, round_idx: int, states: Mapping[int, State], nodes: Sequence[int]
+) -> tuple[list[Update], dict[int, State]]:
+    """Train ``nodes`` from their states; return their updates (in ``nodes`` order) and trained states.
+
+    Raises
+    ------
+    AggregationError
+        If a node's training diverged (``check_finite``).
+
+    """
+    trained = train_nodes(backend, round_idx, states)
+    updates = [trained[node] for node in nodes]
+    check_finite(round_idx, updates)
+    return updates, {node: trained[node].state for node in nodes}
 
 
 def check_finite(round_idx: int, updates: Sequence[Update]) -> None:
@@ -215,6 +230,12 @@ def check_finite(round_idx: int, updates: Sequence[Update]) -> None:
                 f"round {round_idx + 1}: node {update.client_idx}'s model has non-finite values after "
                 "training; training diverged, try a smaller train_args.learning_rate"
             )
+
+
+def _fingerprint(state: State) -> float:
+    """Return a number equal states share: the sum of the first tensor (NaN never matches, which is fine)."""
+    first = next(iter(state.values()), None)
+    return 0.0 if first is None or first.numel() == 0 else float(first.sum(dtype=torch.float64))
 
 
 def _equal(a: State, b: State) -> bool:
