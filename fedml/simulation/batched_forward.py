@@ -215,9 +215,7 @@ def _conv(folded: Folded, module: nn.modules.conv._ConvNd, prefix: str, h: torch
 def _conv_check(module: nn.modules.conv._ConvNd) -> str | None:
     if module.padding_mode != "zeros":
         return f"has padding_mode {module.padding_mode!r}"
-    if not module.weight.requires_grad:
-        return "has a frozen weight"
-    return None
+    return _frozen(module)
 
 
 def _linear(folded: Folded, module: nn.Linear, prefix: str, h: torch.Tensor) -> torch.Tensor:
@@ -270,7 +268,16 @@ class _BatchedLinear(torch.autograd.Function):
 
 
 def _linear_check(module: nn.Linear) -> str | None:
-    return None if module.weight.requires_grad else "has a frozen weight"
+    return _frozen(module)
+
+
+def _frozen(module: nn.Linear | nn.modules.conv._ConvNd) -> str | None:
+    # A frozen parameter is not among the stacked ones, so the batched layer would leave it out.
+    if not module.weight.requires_grad:
+        return "has a frozen weight"
+    if module.bias is not None and not module.bias.requires_grad:
+        return "has a frozen bias"
+    return None
 
 
 def _flatten_check(module: nn.Flatten) -> str | None:
