@@ -435,6 +435,7 @@ def test_peer_ids_that_are_not_topic_levels_are_refused(broker, address):
 
 @pytest.fixture(scope="module")
 def acl_broker():
+    needs_mosquitto()
     with MosquittoBroker(username="fedml-server", devices={"1": "one-secret", "2": "two-secret"}) as running:
         yield running
 
