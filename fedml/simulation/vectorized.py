@@ -1,7 +1,9 @@
-"""Vectorized client training: the clients of a round train in lock-step as one ``torch.func`` step.
+"""Vectorized client training: the clients of a round train in lock-step, one batched step for all.
 
-Every trainable parameter is stacked along a new first dimension, one row per client, and one step of
-``vmap(grad(loss))`` trains all of them on their own mini-batches. Each client's batches come from the
+Every trainable parameter is stacked along a new first dimension, one row per client, and one step
+trains all of them on their own mini-batches: the gradient written out for fully connected models
+(``closed_form``), the folded forward and autograd for the other built-in models
+(``batched_forward``), ``vmap`` for any other model. Each client's batches come from the
 same seeded shuffle (``client_generator``) as in the sequential path; clients with fewer samples end
 earlier (clients are sorted by their number of steps, so the clients still training are a prefix of the
 stack) and partial batches are masked, so every client gets the update the sequential path computes
@@ -25,6 +27,7 @@ from fedml.core.algorithms import LocalObjective, Update
 from fedml.core.sampling import client_generator
 from fedml.ml.trainer import sgd_step
 from fedml.simulation.batched_forward import batched_forward, unsupported_layer
+from fedml.simulation.closed_form import ClosedFormGradient, chain_of
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
@@ -187,19 +190,23 @@ class _StepFunction:
     ``vmap(grad(...))``. A model whose every layer has a batched implementation runs through
     ``batched_forward`` (clients folded into the channels: one grouped convolution or batched matrix
     product per layer), which measured faster on a CPU than ``vmap``; any other model runs through
-    ``vmap`` with the clients' tensors in the model's parameter slots.
+    ``vmap`` with the clients' tensors in the model's parameter slots. A fully connected model
+    (``fedml.simulation.closed_form``) skips autograd: its gradient is written out, and autograd
+    differentiates only the algorithm's penalty, if it has one.
     """
 
     def __init__(self, model: nn.Module, objective: LocalObjective) -> None:
         self.model = model
         self.penalty = objective.penalty
         self.forward_kind = forward_kind(model)
+        chain = chain_of(model) if self.forward_kind == "closed" else None
+        self._closed = ClosedFormGradient(chain) if chain is not None else None
         # Reused gradient buffers of the folded forward: the gradients of one call are consumed (the
         # SGD step) before the next call overwrites them.
         self._workspace: dict[str, torch.Tensor] = {}
         self._forward: Callable[..., torch.Tensor] = (
             partial(batched_forward, model, workspace=self._workspace)
-            if self.forward_kind == "folded"
+            if self.forward_kind != "vmap"
             else vmap(self._forward_one, in_dims=(0, 0))
         )
         self._slots = _parameter_slots(model)
@@ -213,6 +220,8 @@ class _StepFunction:
         weight: torch.Tensor,
         anchor: Mapping[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self._closed is not None:
+            return self._closed_step(self._closed, params, x, y, weight, anchor)
         leaves = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
         with torch.enable_grad():
             logits = self._forward(leaves, x)
@@ -223,6 +232,28 @@ class _StepFunction:
                 losses = losses + self._penalty(leaves, anchor)
             grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
         return dict(zip(leaves, grads, strict=True)), losses.detach()
+
+    def _closed_step(
+        self,
+        closed: ClosedFormGradient,
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        anchor: Mapping[str, torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        grads, losses = closed({name: p.detach() for name, p in params.items()}, x, y, weight)
+        if self._penalty is None:
+            return grads, losses
+        # The algorithm's penalty is arbitrary code: autograd differentiates it, and only it.
+        leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+        with torch.enable_grad():
+            penalties = self._penalty(leaves, anchor)
+            extra = torch.autograd.grad(penalties.sum(), list(leaves.values()), allow_unused=True)
+        for name, more in zip(leaves, extra, strict=True):
+            if more is not None:
+                grads[name] = grads[name] + more
+        return grads, losses + penalties.detach()
 
     def _forward_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         # What functional_call does, without its per-call checks (a fifth of a small model's step):
@@ -240,13 +271,18 @@ class _StepFunction:
 
 
 def forward_kind(model: nn.Module) -> str:
-    """Return how the vectorized engine runs ``model``'s forward pass: ``"folded"`` or ``"vmap"``.
+    """Return how the vectorized engine runs ``model``'s step: ``"closed"``, ``"folded"`` or ``"vmap"``.
 
+    ``"closed"`` (``fedml.simulation.closed_form``) for the built-in fully connected models (lr,
+    mlp), whose gradient is written out without autograd: measured faster again than their folded
+    forward with autograd.
     ``"folded"`` (``fedml.simulation.batched_forward``) for a model whose every module has a batched
     implementation (the built-in lr, mlp, cnn, ResNet and MobileNetV2 models); ``"vmap"`` for anything
     else. The folded forward measured faster on a CPU for all of them: per round 0.7-0.85x ``vmap``'s
     for lr and mlp (no ``vmap`` machinery per step), and below the sequential engine for convolutions.
     """
+    if chain_of(model) is not None:
+        return "closed"
     return "folded" if unsupported_layer(model) is None else "vmap"
 
 
@@ -343,6 +379,9 @@ class _Layout:
         self.device = device
         step_bytes = self._flat.shape[1] * self.x.element_size() * batch * len(clients)
         self.chunk = max(1, GATHER_BYTES // max(1, step_bytes))
+        gathered = min(steps, self.chunk) * len(clients) * batch
+        self._x_buffer = self._flat.new_empty(gathered, self._flat.shape[1])
+        self._y_buffer = self.y.new_empty(gathered)
         self._start = self._end = 0
         self._x = self._y = torch.empty(0)
 
@@ -353,9 +392,11 @@ class _Layout:
             self._start, self._end = t, t + self.chunk
             rows = self.rows[t : t + self.chunk, :k]
             flat = rows.flatten()
-            x = torch.index_select(self._flat, 0, flat).view(*rows.shape, *self.shape)
-            self._x = x.to(self.device, non_blocking=True)
-            self._y = torch.index_select(self.y, 0, flat).view(rows.shape).to(self.device, non_blocking=True)
+            # Into buffers kept for the group: a fresh 4 MiB tensor per chunk costs page faults.
+            x = torch.index_select(self._flat, 0, flat, out=self._x_buffer[: len(flat)])
+            y = torch.index_select(self.y, 0, flat, out=self._y_buffer[: len(flat)])
+            self._x = x.view(*rows.shape, *self.shape).to(self.device, non_blocking=True)
+            self._y = y.view(rows.shape).to(self.device, non_blocking=True)
         i = t - self._start
         return self._x[i, :k], self._y[i, :k], self.weight[t, :k]
 

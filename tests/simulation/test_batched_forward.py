@@ -111,6 +111,11 @@ class MyConv(nn.Conv2d):
     pass
 
 
+def frozen_bias(module):
+    module.bias.requires_grad_(False)
+    return module
+
+
 @pytest.mark.parametrize(
     ("model", "reason"),
     [
@@ -119,8 +124,10 @@ class MyConv(nn.Conv2d):
         (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")), "padding_mode 'reflect'"),
         (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(0)), "flattens other than dims 1 to -1"),
         (nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2).requires_grad_(False)), "frozen affine"),
+        (nn.Sequential(frozen_bias(nn.Conv2d(1, 2, 3))), "0 (Conv2d) has a frozen bias"),
+        (nn.Sequential(nn.Flatten(), frozen_bias(nn.Linear(4, 2))), "1 (Linear) has a frozen bias"),
     ],
-    ids=["unknown-layer", "subclass", "padding-mode", "flatten-dims", "frozen-norm"],
+    ids=["unknown-layer", "subclass", "padding-mode", "flatten-dims", "frozen-norm", "conv-bias", "fc-bias"],
 )
 def test_unsupported_layers_are_named_and_fall_back_to_vmap(model, reason):
     found = unsupported_layer(model)
@@ -152,9 +159,9 @@ def test_a_registered_layer_makes_its_model_batch():
 
 @pytest.mark.parametrize(
     ("name", "shape", "kind"),
-    [("lr", (1, 8, 8), "folded"), ("mlp", (1, 8, 8), "folded"), ("cnn", (1, 8, 8), "folded")],
+    [("lr", (1, 8, 8), "closed"), ("mlp", (1, 8, 8), "closed"), ("cnn", (1, 8, 8), "folded")],
 )
-def test_the_built_in_models_take_the_folded_forward(name, shape, kind):
+def test_the_built_in_models_take_the_fastest_path(name, shape, kind):
     model = model_named(name, shape)
     assert forward_kind(model) == kind
     assert _StepFunction(model, FedAvg().local_objective()).forward_kind == kind
