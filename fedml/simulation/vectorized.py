@@ -221,7 +221,10 @@ class _StepFunction:
         anchor: Mapping[str, torch.Tensor],
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         if self._closed is not None:
-            return self._closed_step(self._closed, params, x, y, weight, anchor)
+            grads, losses = self._closed({name: p.detach() for name, p in params.items()}, x, y, weight)
+            if self._penalty is not None:
+                losses = _add_penalty(self._penalty, grads, losses, params, anchor)
+            return grads, losses
         leaves = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in params.items()}
         with torch.enable_grad():
             logits = self._forward(leaves, x)
@@ -230,30 +233,8 @@ class _StepFunction:
             losses = (per_sample.view_as(weight) * weight).sum(dim=1)
             if self._penalty is not None:
                 losses = losses + self._penalty(leaves, anchor)
-            grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-        return dict(zip(leaves, grads, strict=True)), losses.detach()
-
-    def _closed_step(
-        self,
-        closed: ClosedFormGradient,
-        params: dict[str, torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weight: torch.Tensor,
-        anchor: Mapping[str, torch.Tensor],
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        grads, losses = closed({name: p.detach() for name, p in params.items()}, x, y, weight)
-        if self._penalty is None:
-            return grads, losses
-        # The algorithm's penalty is arbitrary code: autograd differentiates it, and only it.
-        leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
-        with torch.enable_grad():
-            penalties = self._penalty(leaves, anchor)
-            extra = torch.autograd.grad(penalties.sum(), list(leaves.values()), allow_unused=True)
-        for name, more in zip(leaves, extra, strict=True):
-            if more is not None:
-                grads[name] = grads[name] + more
-        return grads, losses + penalties.detach()
+            gradients = torch.autograd.grad(losses.sum(), list(leaves.values()))
+        return dict(zip(leaves, gradients, strict=True)), losses.detach()
 
     def _forward_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         # What functional_call does, without its per-call checks (a fifth of a small model's step):
@@ -268,6 +249,27 @@ class _StepFunction:
         finally:
             for module, attr, original in reversed(saved):
                 module._parameters[attr] = original
+
+
+def _add_penalty(
+    penalty: Callable[..., torch.Tensor],
+    grads: dict[str, torch.Tensor],
+    losses: torch.Tensor,
+    params: Mapping[str, torch.Tensor],
+    anchor: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """Add the gradients of ``penalty`` (batched over clients) to ``grads``; return ``losses`` plus it.
+
+    The algorithm's penalty is arbitrary code: autograd differentiates it, and only it.
+    """
+    leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
+    with torch.enable_grad():
+        penalties = penalty(leaves, anchor)
+        extra = torch.autograd.grad(penalties.sum(), list(leaves.values()), allow_unused=True)
+    for name, more in zip(leaves, extra, strict=True):
+        if more is not None:
+            grads[name] = grads[name] + more
+    return losses + penalties.detach()
 
 
 def forward_kind(model: nn.Module) -> str:
