@@ -80,16 +80,24 @@ class Folded:
         if self.workspace is None or name in self._used:
             return None
         self._used.add(name)
-        buffer = self.workspace.get(name)
-        if buffer is None or buffer.shape[1:] != like.shape[1:] or len(buffer) < len(like):
-            buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
-            self.workspace[name] = buffer
-        return buffer[: len(like)]
+        return reused_buffer(self.workspace, name, like)
 
     def fold_image(self, h: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
         """Reshape folded inputs ``[B, K * prod(image_shape)]`` (or images) to ``[B, K * C, H, W]``."""
         channels, *spatial = image_shape
         return h.reshape(h.shape[0], self.clients * channels, *spatial)
+
+
+def reused_buffer(workspace: dict[str, torch.Tensor], name: str, like: torch.Tensor) -> torch.Tensor:
+    """Return ``workspace[name]``'s first ``len(like)`` rows, (re)made contiguous like ``like`` if needed.
+
+    Rows are clients: when clients finish, the buffer's prefix serves the fewer that remain.
+    """
+    buffer = workspace.get(name)
+    if buffer is None or buffer.shape[1:] != like.shape[1:] or len(buffer) < len(like):
+        buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+        workspace[name] = buffer
+    return buffer[: len(like)]
 
 
 BatchedLayer = Callable[[Folded, Any, str, torch.Tensor], torch.Tensor]

@@ -278,10 +278,10 @@ def forward_kind(model: nn.Module) -> str:
     ``"closed"`` (``fedml.simulation.closed_form``) for the built-in fully connected models (lr,
     mlp), whose gradient is written out without autograd: measured faster again than their folded
     forward with autograd.
-    ``"folded"`` (``fedml.simulation.batched_forward``) for a model whose every module has a batched
-    implementation (the built-in lr, mlp, cnn, ResNet and MobileNetV2 models); ``"vmap"`` for anything
-    else. The folded forward measured faster on a CPU for all of them: per round 0.7-0.85x ``vmap``'s
-    for lr and mlp (no ``vmap`` machinery per step), and below the sequential engine for convolutions.
+    ``"folded"`` (``fedml.simulation.batched_forward``) for any other model whose every module has a
+    batched implementation (the built-in cnn, ResNet and MobileNetV2 models); ``"vmap"`` for anything
+    else. The folded forward measured faster on a CPU than ``vmap`` for all of them (for lr and mlp,
+    before their gradient was written out, 0.7-0.85x ``vmap``'s time per round).
     """
     if chain_of(model) is not None:
         return "closed"
