@@ -49,6 +49,12 @@ def weighted_mean(updates: Sequence[WeightedState]) -> dict[str, torch.Tensor]:
     _check_compatible(reference, [state for _, state in updates])
     result: dict[str, torch.Tensor] = {}
     for name, ref in reference.items():
+        rows = stacked_rows([state[name] for _, state in updates]) if ref.dtype in _MATRIX_DTYPES else None
+        if rows is not None:
+            # The states are rows of one tensor (the vectorized engine's): one product, no copies.
+            shares = torch.tensor([w / total for w in weights], dtype=ref.dtype, device=ref.device)
+            result[name] = (shares @ rows.flatten(1)).view(ref.shape)
+            continue
         acc = torch.zeros(ref.shape, dtype=_accumulator_dtype(ref.dtype), device=ref.device)
         for weight, (_, state) in zip(weights, updates, strict=True):
             acc.add_(state[name].to(acc.dtype), alpha=weight / total)
@@ -93,21 +99,74 @@ def finite_states(states: Sequence[State]) -> list[bool]:
     if not states:
         return []
     reference = states[0]
-    if any(
-        list(s) != list(reference) or any(s[k].shape != t.shape for k, t in reference.items()) for s in states
-    ):
+    names = reference.keys()
+    if any(s.keys() != names for s in states):
         return [is_finite_state(s) for s in states]
     finite = torch.ones(len(states), dtype=torch.bool)
     for name, tensor in reference.items():
         if not tensor.dtype.is_floating_point or tensor.numel() == 0:
             continue
+        column = [s[name] for s in states]
+        rows = stacked_rows(column)
+        if rows is not None:
+            finite &= _finite_rows(rows).cpu()
+            continue
+        if any(t.shape != tensor.shape for t in column):
+            return [is_finite_state(s) for s in states]
         per_block = max(1, _BLOCK_ELEMENTS // tensor.numel())
         for start in range(0, len(states), per_block):
-            block = torch.stack([s[name] for s in states[start : start + per_block]])
-            # amax propagates NaN and keeps inf, so one reduction per state checks every value.
-            largest = block.flatten(1).abs().amax(dim=1)
-            finite[start : start + per_block] &= torch.isfinite(largest).cpu()
+            block = torch.stack(column[start : start + per_block])
+            finite[start : start + per_block] &= _finite_rows(block).cpu()
     return finite.tolist()
+
+
+def _finite_rows(block: torch.Tensor) -> torch.Tensor:
+    """Return, per row of ``block``, whether all its values are finite.
+
+    A sum propagates NaN and infinity, so a finite sum proves its row finite with one reduction and no
+    temporary the size of the block; only a row whose sum is not finite (a NaN, an infinity, or finite
+    values whose sum overflows) is checked value by value.
+    """
+    finite = torch.isfinite(block.flatten(1).sum(dim=1))
+    for row in (~finite).nonzero().flatten().tolist():
+        finite[row] = torch.isfinite(block[row]).all()
+    return finite
+
+
+_MATRIX_DTYPES = (torch.float32, torch.float64)
+"""Dtypes whose weighted mean over stacked rows is one matrix product (others accumulate one by one)."""
+
+
+def stacked_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """Return ``torch.stack(tensors)`` as a view when they are consecutive rows of one tensor, else None.
+
+    The vectorized engine's updates are views of its stacked parameters, so the round's checks and
+    mean read them where they lie instead of copying every client's state again.
+
+    Examples
+    --------
+    >>> stacked = torch.arange(6.0).view(3, 2)
+    >>> stacked_rows([stacked[0], stacked[1]])
+    tensor([[0., 1.],
+            [2., 3.]])
+    >>> stacked_rows([stacked[0], stacked[2]]) is None
+    True
+
+    """
+    first = tensors[0]
+    if not first.is_contiguous():
+        return None
+    size, storage, offset = first.numel(), first.untyped_storage().data_ptr(), first.storage_offset()
+    for i, tensor in enumerate(tensors):
+        if (
+            tensor.storage_offset() != offset + i * size
+            or tensor.dtype != first.dtype
+            or tensor.shape != first.shape
+            or not tensor.is_contiguous()
+            or tensor.untyped_storage().data_ptr() != storage
+        ):
+            return None
+    return first.as_strided((len(tensors), *first.shape), (size, *first.stride()))
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedml.core.aggregation import finite_states, is_finite_state, weighted_mean
+from fedml.core.aggregation import finite_states, is_finite_state, stacked_rows, weighted_mean
 from fedml.errors import AggregationError
 
 weights = st.floats(min_value=0.1, max_value=1000, allow_nan=False)
@@ -107,3 +107,39 @@ def test_finite_states_agrees_with_is_finite_state():
         {"w": torch.tensor([0.0, float("inf")]), "e": torch.empty(0)},
     ]
     assert finite_states(empty) == [True, False]
+
+
+def _rows_states(stacked: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """States whose tensors are the rows of ``stacked``, as the vectorized engine returns them."""
+    return [{"w": row} for row in stacked]
+
+
+def test_rows_of_one_tensor_are_checked_in_place_and_exactly():
+    big = torch.finfo(torch.float32).max
+    stacked = torch.ones(4, 3, 2)
+    stacked[1, 2, 0] = float("nan")
+    stacked[2, 0, 1] = float("-inf")
+    stacked[3] = big  # finite values whose sum overflows: still finite
+    states = _rows_states(stacked)
+    assert stacked_rows([s["w"] for s in states]) is not None
+    assert finite_states(states) == [True, False, False, True]
+    assert finite_states(states) == [is_finite_state(s) for s in states]
+
+
+def test_rows_that_are_not_consecutive_are_not_viewed():
+    stacked = torch.arange(24.0).view(4, 3, 2)
+    assert stacked_rows([stacked[0], stacked[2]]) is None
+    assert stacked_rows([stacked[1], stacked[0]]) is None
+    assert stacked_rows([stacked[0], stacked[1].clone()]) is None
+    assert stacked_rows([stacked[0, :, :1], stacked[1, :, :1]]) is None
+    assert torch.equal(stacked_rows([stacked[1], stacked[2]]), stacked[1:3])
+
+
+def test_weighted_mean_of_stacked_rows_equals_the_one_by_one_mean():
+    stacked = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(0))
+    weights = [3.0, 1.0, 0.0, 7.0, 2.0]
+    in_place = weighted_mean(list(zip(weights, _rows_states(stacked), strict=True)))
+    copies = weighted_mean([(w, {"w": row.clone()}) for w, row in zip(weights, stacked, strict=True)])
+    assert torch.allclose(in_place["w"], copies["w"], atol=1e-6)
+    assert in_place["w"].data_ptr() != stacked.data_ptr()
+    assert torch.equal(stacked_rows([s["w"] for s in _rows_states(stacked)]), stacked)
