@@ -153,20 +153,21 @@ def stacked_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
     True
 
     """
-    first = tensors[0]
-    if not first.is_contiguous():
+    first, last = tensors[0], tensors[-1]
+    size, shape, dtype = first.numel(), first.shape, first.dtype
+    start, step = first.data_ptr(), size * first.element_size()
+    # Each tensor's values at its place in a row-major stack of the first one's; the first and the last
+    # in one storage, which then holds every row in between.
+    if (
+        not first.is_contiguous()
+        or last.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
+        or any(
+            t.data_ptr() != start + i * step or t.dtype != dtype or t.shape != shape or not t.is_contiguous()
+            for i, t in enumerate(tensors)
+        )
+    ):
         return None
-    size, storage, offset = first.numel(), first.untyped_storage().data_ptr(), first.storage_offset()
-    for i, tensor in enumerate(tensors):
-        if (
-            tensor.storage_offset() != offset + i * size
-            or tensor.dtype != first.dtype
-            or tensor.shape != first.shape
-            or not tensor.is_contiguous()
-            or tensor.untyped_storage().data_ptr() != storage
-        ):
-            return None
-    return first.as_strided((len(tensors), *first.shape), (size, *first.stride()))
+    return first.as_strided((len(tensors), *shape), (size, *first.stride()))
 
 
 def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:

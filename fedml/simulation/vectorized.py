@@ -172,11 +172,11 @@ class VectorizedTrainer:
         # Rows of the stacked parameters are each client's own tensors: views, not copies.
         rows = list(zip(*(p.unbind(0) for p in stacked), strict=True))
         updates = []
-        for i, (client_idx, data) in enumerate(clients):
+        for i, ((client_idx, _), size) in enumerate(zip(clients, layout.sizes, strict=True)):
             state = {k: global_state[k].detach().clone() for k in frozen}
             state.update(zip(names, rows[i], strict=True))
-            metrics = {"train_loss": train_loss[i], "num_samples": len(data)}
-            updates.append(Update(client_idx, float(len(data)), state, metrics))
+            metrics = {"train_loss": train_loss[i], "num_samples": size}
+            updates.append(Update(client_idx, float(size), state, metrics))
         return updates
 
 
@@ -318,6 +318,8 @@ class _Layout:
     active
         How many clients (a prefix of the group) train at each step; plain ints, so the loop never
         asks the device.
+    sizes
+        Each client's number of samples, in the group's order.
 
     """
 
@@ -330,7 +332,7 @@ class _Layout:
         round_idx: int,
         device: torch.device,
     ) -> None:
-        sizes_of = [len(data) for _, data in clients]
+        self.sizes = sizes_of = [len(data) for _, data in clients]
         first = clients[0][1]
         if all(data.x is first.x and data.y is first.y for _, data in clients):
             # Index views into the same tensors: steps gather straight from them, with no pooled copy.
