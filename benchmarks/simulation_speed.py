@@ -1,7 +1,8 @@
 """Simulation speed: a plain-PyTorch reference loop vs fedml's sequential and vectorized engines.
 
 Every measurement runs in its own subprocess, so the peak memory (max RSS) is per case. Wall time
-counts training and per-round evaluation, not importing or loading data; every measurement is repeated
+counts training and per-round evaluation (fedml's ``run()``), not importing, loading data or building
+the runner (start-up, which the one-liner's row measures); every measurement is repeated
 and the fastest of `--repeat` (default 3) is reported. The targets of issue 18 (W1-W3, the one-liner
 and `import fedml`) are printed as ratios to a reference measured in the same run, medians of
 interleaved runs at one torch thread. Run from the repository root::
