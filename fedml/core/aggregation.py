@@ -154,7 +154,7 @@ def stacked_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
 
     """
     first, last = tensors[0], tensors[-1]
-    size, shape, dtype = first.numel(), first.shape, first.dtype
+    size, shape, dtype, device = first.numel(), first.shape, first.dtype, first.device
     start, step = first.data_ptr(), size * first.element_size()
     # Each tensor's values at its place in a row-major stack of the first one's; the first and the last
     # in one storage, which then holds every row in between.
@@ -162,7 +162,11 @@ def stacked_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
         not first.is_contiguous()
         or last.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()
         or any(
-            t.data_ptr() != start + i * step or t.dtype != dtype or t.shape != shape or not t.is_contiguous()
+            t.data_ptr() != start + i * step
+            or t.dtype != dtype
+            or t.shape != shape
+            or t.device != device
+            or not t.is_contiguous()
             for i, t in enumerate(tensors)
         )
     ):
