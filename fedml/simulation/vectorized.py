@@ -357,27 +357,34 @@ class _Layout:
         # One generator reseeded per client: the same draws as ``client_generator``'s, made cheaper.
         generator = torch.Generator()
         values: list[torch.Tensor] = []
-        for (client_idx, _), n in zip(clients, sizes_of, strict=True):
+        # Per (client, epoch) segment, in that order: its length, its start in the pool, its first
+        # place in the step-major layout, and its client's first sample in ``source`` or the pool.
+        lengths: list[int] = []
+        segments: list[tuple[int, int, int]] = []
+        clients_n, pool, first_sample = len(clients), 0, 0
+        for i, ((client_idx, _), n) in enumerate(zip(clients, sizes_of, strict=True)):
             generator.manual_seed(client_seed(seed, round_idx, client_idx))
-            values.extend(torch.randperm(n, generator=generator) for _ in range(epochs))
-        # Segments (client, epoch) in order: client i's j-th epoch is segment i * epochs + j.
-        client_sizes = torch.tensor(sizes_of)
-        sizes = torch.repeat_interleave(client_sizes, epochs)
-        segment_start = torch.cumsum(sizes, 0) - sizes
-        position = torch.arange(int(sizes.sum())) - torch.repeat_interleave(segment_start, sizes)
-        per_epoch = (sizes + batch - 1) // batch
-        owner = torch.repeat_interleave(torch.arange(len(clients)), epochs * client_sizes)
-        epoch_of = torch.arange(epochs).repeat(len(clients))
-        step = torch.repeat_interleave(epoch_of * per_epoch, sizes) + position // batch
-        slot = position % batch
-        # A client's permutations index its own samples, which start where the clients before end.
-        client_start = torch.cumsum(client_sizes, 0) - client_sizes
-        pooled = torch.cat(values) + torch.repeat_interleave(client_start, epochs * client_sizes)
+            per_epoch = -(-n // batch)
+            for epoch in range(epochs):
+                values.append(torch.randperm(n, generator=generator))
+                lengths.append(n)
+                segments.append((pool, (epoch * per_epoch * clients_n + i) * batch, first_sample))
+                pool += n
+            first_sample += n
+        # Spread to the segments' samples by one repeat_interleave, told the output's size (without
+        # it, a call measured ten times as long).
+        per_sample = torch.tensor(segments).repeat_interleave(torch.tensor(lengths), dim=0, output_size=pool)
+        start, place, offset = per_sample.unbind(1)
+        position = torch.arange(pool) - start
+        # Sample j of its segment sits at step (epoch * per_epoch + j // batch), slot j % batch.
+        flat = place + (position // batch) * (clients_n * batch) + position % batch
+        pooled = torch.cat(values) + offset
         # Step-major, so the clients of one step are contiguous.
-        rows = torch.zeros(steps, len(clients), batch, dtype=torch.int64)
-        mask = torch.zeros(steps, len(clients), batch)
-        rows[step, owner, slot] = pooled if source is None else source[pooled]
-        mask[step, owner, slot] = 1.0
+        rows = torch.zeros(steps * clients_n * batch, dtype=torch.int64)
+        mask = torch.zeros(steps * clients_n * batch)
+        rows[flat] = pooled if source is None else source[pooled]
+        mask[flat] = 1.0
+        rows, mask = rows.view(steps, clients_n, batch), mask.view(steps, clients_n, batch)
         counts = mask.sum(dim=2)
         self.counts = counts
         self.rows = rows.to(self.x.device)
