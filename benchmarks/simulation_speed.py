@@ -224,7 +224,7 @@ def startup(code: str, pycache: str, tree: Path = ROOT) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PYTHONPYCACHEPREFIX": pycache}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, check=True)
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, check=True)
     return time.perf_counter() - start
 
 
