@@ -151,8 +151,12 @@ def stacked_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
             [2., 3.]])
     >>> stacked_rows([stacked[0], stacked[2]]) is None
     True
+    >>> stacked_rows([]) is None
+    True
 
     """
+    if not tensors:
+        return None
     first, last = tensors[0], tensors[-1]
     size, shape, dtype, device = first.numel(), first.shape, first.dtype, first.device
     start, step = first.data_ptr(), size * first.element_size()

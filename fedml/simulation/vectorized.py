@@ -364,7 +364,7 @@ class _Layout:
         clients_n, pool, first_sample = len(clients), 0, 0
         for i, ((client_idx, _), n) in enumerate(zip(clients, sizes_of, strict=True)):
             generator.manual_seed(client_seed(seed, round_idx, client_idx))
-            per_epoch = -(-n // batch)
+            per_epoch = math.ceil(n / batch)
             for epoch in range(epochs):
                 values.append(torch.randperm(n, generator=generator))
                 lengths.append(n)
