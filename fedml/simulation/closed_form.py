@@ -89,6 +89,36 @@ class ClosedFormGradient:
         ``weight`` ``[K, B]`` scales each sample's cross-entropy (its client's ``1 / batch``, ``0`` in
         padding); client ``k``'s loss is ``sum_b weight[k, b] * CE(logits[k, b], y[k, b])``.
         """
+        grads: dict[str, torch.Tensor] = {}
+        return grads, self._backward(params, x, y, weight, grads)
+
+    def descend(
+        self,
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        lr: float,
+    ) -> torch.Tensor:
+        """Apply one plain SGD step (``param -= lr * gradient``) to ``params`` in place; return the losses.
+
+        The arguments are ``__call__``'s. Each weight's gradient goes straight into the weight (one
+        ``baddbmm_``, the gradient's product scaled by ``-lr`` and added), so it is never written out
+        and read back; the gradient passed to the layer below is computed from the weight before its
+        update. Only for SGD without momentum and weight decay, which need the gradient itself.
+        """
+        return self._backward(params, x, y, weight, None, lr)
+
+    def _backward(
+        self,
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        grads: dict[str, torch.Tensor] | None,
+        lr: float = 0.0,
+    ) -> torch.Tensor:
+        """Fill ``grads`` with the gradients, or with ``grads=None`` descend by ``lr``; return the losses."""
         clients, batch = x.shape[:2]
         h = x.reshape(clients, batch, -1)
         saved: list[torch.Tensor] = []
@@ -105,22 +135,28 @@ class ClosedFormGradient:
         g = log_p.exp_()
         g.scatter_add_(2, labels, torch.full(labels.shape, -1.0, dtype=g.dtype, device=g.device))
         g.mul_(weight.unsqueeze(2))
-        grads: dict[str, torch.Tensor] = {}
         above = h  # the input of the linear layer last differentiated (the chain ends in one)
         for prefix, module in reversed(self.layers):
             if type(module) is nn.Linear:
                 above = saved.pop()
-                w_name = f"{prefix}weight"
-                buffer = reused_buffer(self._buffers, w_name, params[w_name])
-                grads[w_name] = torch.bmm(g.transpose(1, 2), above, out=buffer)
-                if module.bias is not None:
-                    grads[f"{prefix}bias"] = g.sum(dim=1)
-                if saved:
-                    g = torch.bmm(g, params[w_name])
+                w_name, b_name = f"{prefix}weight", f"{prefix}bias"
+                w = params[w_name]
+                below = torch.bmm(g, w) if saved else None  # from the weight before any update
+                if grads is None:
+                    w.baddbmm_(g.transpose(1, 2), above, alpha=-lr)
+                    if module.bias is not None:
+                        params[b_name].sub_(g.sum(dim=1), alpha=lr)
+                else:
+                    buffer = reused_buffer(self._buffers, w_name, w)
+                    grads[w_name] = torch.bmm(g.transpose(1, 2), above, out=buffer)
+                    if module.bias is not None:
+                        grads[b_name] = g.sum(dim=1)
+                if below is not None:
+                    g = below
             elif type(module) is nn.ReLU and saved:
                 # ReLU's derivative is 0 where its output is 0, as autograd's.
                 g.masked_fill_(above <= 0, 0.0)
-        return grads, losses
+        return losses
 
     @staticmethod
     def _linear(params: Mapping[str, torch.Tensor], prefix: str, h: torch.Tensor) -> torch.Tensor:

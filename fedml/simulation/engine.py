@@ -198,15 +198,12 @@ def measure_step_costs(
     stacked_clients = max(2, min(clients, by_time, by_memory))
     step_fn = _StepFunction(model, objective)
     stacked = {n: a.unsqueeze(0).repeat(stacked_clients, *([1] * a.dim())) for n, a in anchor.items()}
-    names = list(stacked)
     xs = x.unsqueeze(0).expand(stacked_clients, *x.shape)
     ys = y.unsqueeze(0).expand(stacked_clients, *y.shape)
     mask = torch.ones(stacked_clients, len(y), device=x.device)
 
     def batched_step() -> None:
-        grads, _ = step_fn(stacked, xs, ys, mask, anchor)
-        buffers: list[torch.Tensor | None] = [None] * len(names)
-        sgd_step([stacked[n] for n in names], [grads[n] for n in names], buffers, **_sgd(args))
+        step_fn.train_step(stacked, xs, ys, mask, anchor, [None] * len(stacked), _sgd(args))
 
     batched_step()
     best_batched, best_sequential = float("inf"), float("inf")

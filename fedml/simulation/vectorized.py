@@ -117,8 +117,8 @@ class VectorizedTrainer:
         """Train ``(client index, data)`` pairs from ``global_state``; return their updates in input order."""
         self.model.load_state_dict(global_state)
         self.model.to(self.device).train()
-        batch = self.args.batch_size
-        steps = [self.args.epochs * math.ceil(len(data) / batch) for _, data in clients]
+        batch, epochs = self.args.batch_size, self.args.epochs  # read once: a config read is a lookup
+        steps = [epochs * math.ceil(len(data) / batch) for _, data in clients]
         order = sorted(range(len(clients)), key=lambda i: -steps[i])
         updates: dict[int, Update] = {}
         for i in order:
@@ -162,9 +162,7 @@ class VectorizedTrainer:
                 named = dict(zip(names, params, strict=True))
                 views = [None if b is None else b[:k] for b in buffers]
             x, y, weight = layout.step(t, k)
-            grads, loss = self.step_fn(named, x, y, weight, anchor)
-            losses.append(loss)
-            sgd_step(params, [grads[name] for name in names], views, **rule)
+            losses.append(self.step_fn.train_step(named, x, y, weight, anchor, views, rule))
             if t == 0:
                 buffers = views
         train_loss = layout.mean_losses(losses).tolist()
@@ -236,6 +234,31 @@ class _StepFunction:
                 losses = losses + self._penalty(leaves, anchor)
             gradients = torch.autograd.grad(losses.sum(), list(leaves.values()))
         return dict(zip(leaves, gradients, strict=True)), losses.detach()
+
+    def train_step(
+        self,
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        anchor: Mapping[str, torch.Tensor],
+        buffers: list[torch.Tensor | None],
+        rule: Mapping[str, float],
+    ) -> torch.Tensor:
+        """Take one SGD step (``rule``: ``lr``, ``momentum``, ``weight_decay``) of every client in place.
+
+        Returns the clients' losses before the step. ``buffers`` are the momentum buffers, as
+        ``sgd_step``'s. A written-out gradient with plain SGD and no penalty (FedAvg's default) goes
+        straight into the parameters (``ClosedFormGradient.descend``); everything else computes the
+        gradients, then ``sgd_step`` applies them.
+        """
+        plain_sgd = not rule["momentum"] and not rule["weight_decay"]
+        if self._closed is not None and self._penalty is None and plain_sgd:
+            with torch.no_grad():
+                return self._closed.descend(params, x, y, weight, rule["lr"])
+        grads, losses = self(params, x, y, weight, anchor)
+        sgd_step(list(params.values()), [grads[name] for name in params], buffers, **rule)
+        return losses
 
     def _forward_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         # What functional_call does, without its per-call checks (a fifth of a small model's step):

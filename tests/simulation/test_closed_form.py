@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from fedml.core.algorithms import FedAvg, FedProx
+from fedml.ml.trainer import sgd_step
 from fedml.model.linear import MLP, LogisticRegression
 from fedml.simulation.closed_form import chain_of
 from fedml.simulation.vectorized import _StepFunction, forward_kind
@@ -101,3 +102,42 @@ def test_gradients_of_one_call_survive_until_the_next():
     expected = autograd_step(model, FedAvg().local_objective(), fewer, anchor, x[:2], y[:2], weight[:2])[0]
     assert torch.allclose(second, expected["linear.weight"], atol=1e-6)
     assert torch.allclose(first[:2], second)  # same clients, same data, same parameters
+
+
+@pytest.mark.parametrize("model_type", [LogisticRegression, MLP])
+def test_descending_in_place_equals_the_gradient_then_sgd(model_type):
+    torch.manual_seed(0)
+    model = model_type((1, 6, 6), 5)
+    step = _StepFunction(model, FedAvg().local_objective())
+    rule = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
+    params, anchor, x, y, weight = case(model)
+    expected = {name: p.clone() for name, p in params.items()}
+    grads, expected_losses = step(expected, x, y, weight, anchor)
+    sgd_step(list(expected.values()), [grads[name] for name in expected], [None] * len(expected), **rule)
+    # Three of the four clients still train: the fourth's rows must not move.
+    active = {name: p[:3] for name, p in params.items()}
+    untouched = {name: p[3].clone() for name, p in params.items()}
+    losses = step.train_step(active, x[:3], y[:3], weight[:3], anchor, [None] * len(params), rule)
+    assert float((losses - expected_losses[:3]).abs().max()) <= 1e-6
+    for name, p in params.items():
+        assert float((p[:3] - expected[name][:3]).abs().max()) <= 1e-6, name
+        assert torch.equal(p[3], untouched[name]), name
+
+
+def test_momentum_and_penalties_take_the_gradient_path():
+    model = LogisticRegression((1, 6, 6), 5)
+    params, anchor, x, y, weight = case(model)
+    for objective, rule in [
+        (FedAvg().local_objective(), {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}),
+        (FedAvg().local_objective(), {"lr": 0.1, "momentum": 0.0, "weight_decay": 1e-3}),
+        (FedProx({"fedprox_mu": 0.3}).local_objective(), {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}),
+    ]:
+        step = _StepFunction(model, objective)
+        fused = {name: p.clone() for name, p in params.items()}
+        reference = {name: p.clone() for name, p in params.items()}
+        buffers: list = [None] * len(params)
+        step.train_step(fused, x, y, weight, anchor, buffers, rule)
+        grads, _ = step(reference, x, y, weight, anchor)
+        sgd_step(list(reference.values()), [grads[n] for n in reference], [None] * len(params), **rule)
+        assert all(torch.equal(fused[n], reference[n]) for n in params)
+        assert all(b is not None for b in buffers) == bool(rule["momentum"])

@@ -40,8 +40,11 @@ class FedProx(FedAvg):
         self.mu = float(read_settings(args, FedProxSettings).fedprox_mu)
 
     def local_objective(self) -> LocalObjective:
-        """Return the local loss plus ``mu/2`` times the squared distance to the global model."""
-        return LocalObjective(penalty=self.proximal_term)
+        """Return the local loss plus ``mu/2`` times the squared distance to the global model.
+
+        With ``mu == 0`` there is no penalty: FedAvg's objective, trained by FedAvg's code paths.
+        """
+        return LocalObjective(penalty=self.proximal_term if self.mu else None)
 
     def proximal_term(
         self, params: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor]

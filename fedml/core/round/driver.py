@@ -377,7 +377,8 @@ def _misfit(
     if reference is None:
         return None
     problem = None
-    if set(update.state) != set(reference):
+    # Key views compare as sets without building any: this runs for every update of every round.
+    if update.state.keys() != reference.keys():
         missing, extra = (
             sorted(set(reference) - set(update.state)),
             sorted(set(update.state) - set(reference)),
