@@ -117,7 +117,9 @@ def test_descending_in_place_equals_the_gradient_then_sgd(model_type):
     # Three of the four clients still train: the fourth's rows must not move.
     active = {name: p[:3] for name, p in params.items()}
     untouched = {name: p[3].clone() for name, p in params.items()}
-    losses = step.train_step(active, x[:3], y[:3], weight[:3], anchor, [None] * len(params), rule)
+    descending = _StepFunction(model, FedAvg().local_objective())
+    losses = descending.train_step(active, x[:3], y[:3], weight[:3], anchor, [None] * len(params), rule)
+    assert not descending._closed._buffers  # no gradient was written: the step descended in place
     assert float((losses - expected_losses[:3]).abs().max()) <= 1e-6
     for name, p in params.items():
         assert float((p[:3] - expected[name][:3]).abs().max()) <= 1e-6, name
