@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fedml.config.sections import read_settings
 from fedml.core.privacy.settings import DPArgs
 from fedml.core.robust import chain_preconditions, defense_chain
-from fedml.core.round import RoundWorker
+from fedml.core.round import RoundWorker, server_wait
 from fedml.core.round.hierarchical import HierarchicalBackend, group_clients
 from fedml.core.steps.defense import DefenseStep
 from fedml.errors import ConfigError, NotSupportedError, PrivacyError, TransportError
@@ -82,7 +82,8 @@ def _run_remote(simulator: Simulator, groups: list[list[int]]) -> RunResult:
             simulator.local_backend(), {group: members}, args.group_comm_round, simulator.steps.server, log
         )
         counts = simulator.sample_counts()
-        return RoundWorker(transport, backend, {c: counts[c] for c in members}, args.timeout).run()
+        hosted = {c: counts[c] for c in members}
+        return RoundWorker(transport, backend, hosted, server_wait(args.timeout)).run()
     except TransportError as exc:
         role_logger(role, rank).error("Aborting the %s job: %s", simulator.backend_name, exc)
         transport.abort(1)

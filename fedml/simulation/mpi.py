@@ -10,7 +10,7 @@ import logging
 
 from fedml.core.comm.base import JobTransport
 from fedml.core.comm.mpi import MPITransport
-from fedml.core.round import AllReplies, RemoteBackend, RoundWorker
+from fedml.core.round import AllReplies, RemoteBackend, RoundWorker, server_wait
 from fedml.core.round.secure import secure_remote, secure_worker
 from fedml.errors import ConfigError, TransportError
 from fedml.simulation.base import Simulator
@@ -79,7 +79,8 @@ class MPISimulator(Simulator):
                 rounds = self.rounds()
                 backend = self.remote_backend(transport, rounds.log)
                 return rounds.run(secure_remote(backend, args, self.steps, self.algorithm))
-            worker = RoundWorker(transport, self.local_backend(), self.sample_counts(), args.timeout)
+            wait = server_wait(args.timeout)
+            worker = RoundWorker(transport, self.local_backend(), self.sample_counts(), wait)
             return secure_worker(worker, args, self.steps).run()
         except TransportError as exc:
             role_logger(role, rank).error("Aborting the %s job: %s", self.backend_name, exc)

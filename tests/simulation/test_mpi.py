@@ -114,6 +114,37 @@ def test_a_dead_worker_ends_the_job_with_a_clear_error_on_rank_0(tmp_path):
     )
 
 
+SLOW_SERVER_SCRIPT = """
+import time
+
+import fedml
+
+
+class SlowEvaluation(fedml.ServerAggregator):
+    def test(self, test_data, device, args):
+        time.sleep(1.5 * args.timeout)  # longer than a worker's update may take, shorter than its wait
+        return super().test(test_data, device, args)
+
+
+args = fedml.init()
+dataset, output_dim = fedml.data.load(args)
+model = fedml.model.create(args, output_dim)
+aggregator = SlowEvaluation(model, args)
+fedml.FedMLRunner(args, fedml.device.get_device(args), dataset, model, server_aggregator=aggregator).run()
+"""
+
+
+def test_workers_wait_out_a_server_whose_evaluation_outlasts_the_timeout(tmp_path):
+    # Between two rounds a worker waits for the server's slowest peer and then for the server's own
+    # work; waiting only comm_args.timeout, the workers aborted this healthy job (and, racing a dead
+    # peer's report, killed rank 0 while it wrote error.txt).
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SERVER_SCRIPT)
+    done, _ = mpirun(3, str(script), tmp_path, "timeout=2", "comm_round=2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(final_model_and_accuracy(tmp_path / "runs")[0]) > 0
+
+
 def test_seed_mpi_backend_snippet_prints_its_line_on_every_rank(tmp_path):
     snippet = (
         "from fedml.core import mpi_backend\n"

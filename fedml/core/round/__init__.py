@@ -9,7 +9,7 @@ from fedml.core.round.backend import Backend, BatchTrainer, LocalBackend, RoundT
 from fedml.core.round.driver import FederatedRound, train_loss, usable_updates
 from fedml.core.round.policy import AllReplies, FirstReplies, ParticipationPolicy, Quorum
 from fedml.core.round.remote import TRAIN, Peer, RemoteBackend, Stage, assign_clients
-from fedml.core.round.worker import RoundWorker
+from fedml.core.round.worker import RoundWorker, server_wait
 
 __all__ = [
     "TRAIN",
@@ -27,6 +27,7 @@ __all__ = [
     "RoundWorker",
     "Stage",
     "assign_clients",
+    "server_wait",
     "train_loss",
     "usable_updates",
 ]

@@ -23,6 +23,20 @@ Handler = Callable[[Message], tuple[MessageKind, dict[str, Any], dict[str, torch
 """Answers one request kind: ``handler(message) -> (reply kind, metadata, tensors)``."""
 
 
+def server_wait(timeout: float) -> float:
+    """Return how long a peer waits for the server's next message when the server waits ``timeout``.
+
+    Between two messages to one peer the server may wait up to ``timeout`` for its slowest other peer,
+    then aggregate, evaluate and record the round. A peer that waited only ``timeout`` could give up on
+    a healthy server, or abort the job while the server is still writing down which peer died; it
+    waits twice as long.
+
+    >>> server_wait(3.0)
+    6.0
+    """
+    return 2 * timeout
+
+
 class RoundWorker:
     """A peer: joins, then answers the server's requests until it says ``FINISH``.
 
@@ -35,7 +49,7 @@ class RoundWorker:
     sample_counts
         Client id -> sample count of every client this peer hosts (announced when it joins).
     timeout
-        Seconds to wait for the server's next message.
+        Seconds to wait for the server's next message (``server_wait`` of the server's own timeout).
     server
         The server's peer id.
 
