@@ -164,7 +164,9 @@ def test_a_killed_server_resumes_from_its_checkpoint_and_the_silos_carry_on(job,
     assert again.wait(120) == 0, again.output()
     resumed_after = re.search(r"Resumed from .* after round (\d+)", again.output())
     assert resumed_after
-    assert 3 <= int(resumed_after.group(1)) < 12
+    # Round 3's record is written before its checkpoint, so the kill may land between the two; round
+    # 2's checkpoint was saved before round 3 began.
+    assert 2 <= int(resumed_after.group(1)) < 12
     assert re.search(FINAL, again.output())
     for silo in silos:
         assert silo.wait(30) == 0, silo.output()
