@@ -262,6 +262,15 @@ def mlflow() -> Any:
     return pytest.importorskip("fedml.loggers.mlflow")
 
 
+def settable_environment() -> dict[str, str]:
+    """The process environment less MLflow's telemetry session, which MLflow itself sets and unsets.
+
+    (Whether its telemetry client is on depends on when mlflow was first imported in the process,
+    during a test or, in a pytest-xdist worker, at collection.)
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("_MLFLOW_TELEMETRY")}
+
+
 def only_run(tracking_uri: str, experiment: str = "fedml") -> Any:
     from mlflow import MlflowClient
 
@@ -325,7 +334,7 @@ def test_mlflow_two_runs_in_one_process_keep_apart(
 ) -> None:
     import mlflow as mlflow_package
 
-    global_uri, environment = mlflow_package.get_tracking_uri(), dict(os.environ)
+    global_uri, environment = mlflow_package.get_tracking_uri(), settable_environment()
     first = mlflow.MlflowLogger(tmp_path / "a" / "mlruns")
     second = mlflow.MlflowLogger(tmp_path / "b" / "mlruns")
     first.start(tmp_path / "a" / "run-1", config)
@@ -348,7 +357,7 @@ def test_mlflow_two_runs_in_one_process_keep_apart(
         0.5,
     )
     assert mlflow_package.get_tracking_uri() == global_uri
-    assert dict(os.environ) == environment
+    assert settable_environment() == environment
 
 
 def test_mlflow_bad_tracking_uri_fails_at_start(
