@@ -22,4 +22,4 @@ lint: $(BIN)/python
 
 test: lint
 	scripts/ensure_mosquitto.sh
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup

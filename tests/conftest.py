@@ -16,6 +16,35 @@ from fedml.tracking import RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
+PROCESS_TESTS = (
+    "tests/cross_silo/",
+    "tests/cross_device/",
+    "tests/core/comm/test_broker.py",
+    "tests/core/comm/test_grpc.py",
+    "tests/core/comm/test_grpc_proto.py",
+    "tests/core/comm/test_mpi.py",
+    "tests/core/comm/test_mqtt.py",
+    "tests/core/comm/test_trpc.py",
+    "tests/simulation/test_mpi.py",
+    "tests/simulation/test_nccl.py",
+    "tests/simulation/test_trpc.py",
+    "tests/simulation/test_privacy_backends.py",
+    "tests/simulation/test_secagg_mpi.py",
+    "tests/simulation/test_hierarchical.py",
+    "tests/simulation/test_decentralized.py",
+)
+"""Tests whose processes talk to each other under short timeouts (MPI and torchrun ranks, silos,
+devices, a broker): ``make test`` runs the suite on two pytest-xdist workers, and these go to one of
+them, one at a time, so two such jobs never share the two cores. The documented commands and the
+command line's tests run beside them (their jobs wait the default timeouts)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the tests of ``PROCESS_TESTS`` in one xdist group (``--dist loadgroup``)."""
+    for item in items:
+        if item.nodeid.startswith(PROCESS_TESTS):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
 
 @pytest.fixture
 def make_args(tmp_path: Path) -> Callable[..., Arguments]:
