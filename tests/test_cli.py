@@ -40,7 +40,8 @@ def test_env_and_unknown_command():
 
 
 def test_every_subcommand_has_help(capsys):
-    # In this process (a process each took 37 s of the suite): the entry point runs as a process above.
+    # Each help from main() in this process (a process per subcommand took 37 s of the suite); the
+    # tests above run the entry point as a process.
     from fedml.cli import main
 
     for command in (
