@@ -93,8 +93,11 @@ _BLOCK_ELEMENTS = 1 << 24
 def finite_states(states: Sequence[State]) -> list[bool]:
     """Return ``is_finite_state`` of every state, checking all states at once per tensor name.
 
-    One stacked check per name (in blocks of bounded size) replaces a check, and a host sync, per state
-    and name; states whose keys or shapes differ are checked one by one.
+    A sum propagates NaN and infinity, so one sum per state and name (over rows read in place, or
+    stacked in blocks of bounded size), added up over the names, and one check of those totals replace
+    a check, and a host sync, per state and name. Only a state whose total is not finite (a NaN, an
+    infinity, or finite values whose sum overflows) is checked value by value. States whose keys or
+    shapes differ are checked one by one.
     """
     if not states:
         return []
@@ -102,35 +105,28 @@ def finite_states(states: Sequence[State]) -> list[bool]:
     names = reference.keys()
     if any(s.keys() != names for s in states):
         return [is_finite_state(s) for s in states]
-    finite = torch.ones(len(states), dtype=torch.bool)
+    sums: list[torch.Tensor] = []
     for name, tensor in reference.items():
         if not tensor.dtype.is_floating_point or tensor.numel() == 0:
             continue
         column = [s[name] for s in states]
         rows = stacked_rows(column)
         if rows is not None:
-            finite &= _finite_rows(rows).cpu()
+            sums.append(rows.flatten(1).sum(dim=1))
             continue
         if any(t.shape != tensor.shape for t in column):
             return [is_finite_state(s) for s in states]
         per_block = max(1, _BLOCK_ELEMENTS // tensor.numel())
-        for start in range(0, len(states), per_block):
-            block = torch.stack(column[start : start + per_block])
-            finite[start : start + per_block] &= _finite_rows(block).cpu()
-    return finite.tolist()
-
-
-def _finite_rows(block: torch.Tensor) -> torch.Tensor:
-    """Return, per row of ``block``, whether all its values are finite.
-
-    A sum propagates NaN and infinity, so a finite sum proves its row finite with one reduction and no
-    temporary the size of the block; only a row whose sum is not finite (a NaN, an infinity, or finite
-    values whose sum overflows) is checked value by value.
-    """
-    finite = torch.isfinite(block.flatten(1).sum(dim=1))
-    for row in (~finite).nonzero().flatten().tolist():
-        finite[row] = torch.isfinite(block[row]).all()
-    return finite
+        # One block stacked at a time: each is freed once summed.
+        starts = range(0, len(states), per_block)
+        block_sums = [torch.stack(column[i : i + per_block]).flatten(1).sum(dim=1) for i in starts]
+        sums.append(torch.cat(block_sums))
+    if not sums:
+        return [True] * len(states)
+    device = sums[0].device
+    # The sums of all names added up: finite only if each is (or flagged, and checked value by value).
+    finite = torch.isfinite(torch.stack([s.to(device) for s in sums]).sum(dim=0)).tolist()
+    return [ok or is_finite_state(state) for ok, state in zip(finite, states, strict=True)]
 
 
 _MATRIX_DTYPES = (torch.float32, torch.float64)

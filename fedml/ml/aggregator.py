@@ -11,6 +11,7 @@ from torch import nn
 from fedml.core.aggregation import WeightedState
 from fedml.core.robust import create_aggregation_rule
 from fedml.ml.evaluation import evaluate
+from fedml.ml.trainer import load_state
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
@@ -43,8 +44,8 @@ class ServerAggregator:
         return {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
 
     def set_model_params(self, model_parameters: Mapping[str, torch.Tensor]) -> None:
-        """Load a state into the global model."""
-        self.model.load_state_dict(model_parameters)
+        """Load a state into the global model (as ``load_state_dict``, which reports any mismatch)."""
+        load_state(self.model, model_parameters)
 
     def on_before_aggregation(
         self, raw_client_model_or_grad_list: list[WeightedState]

@@ -126,6 +126,18 @@ def test_rows_of_one_tensor_are_checked_in_place_and_exactly():
     assert finite_states(states) == [is_finite_state(s) for s in states]
 
 
+def test_finite_tensors_whose_sums_overflow_together_are_finite():
+    # Each tensor's sum is finite, but the check adds them up over the names: the state whose total
+    # overflows must be checked value by value, not dropped.
+    half = torch.finfo(torch.float32).max / 2
+    w, b = torch.zeros(3, 4), torch.zeros(3, 2)
+    w[1], b[1] = half / 2, half
+    w[2, 0], b[2, 1] = float("nan"), half
+    states = [{"w": w[i], "b": b[i]} for i in range(3)]
+    assert stacked_rows([s["b"] for s in states]) is not None
+    assert finite_states(states) == [True, True, False]
+
+
 def test_rows_that_are_not_consecutive_are_not_viewed():
     stacked = torch.arange(24.0).view(4, 3, 2)
     assert stacked_rows([stacked[0], stacked[2]]) is None
