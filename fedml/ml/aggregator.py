@@ -11,7 +11,7 @@ from torch import nn
 from fedml.core.aggregation import WeightedState
 from fedml.core.robust import create_aggregation_rule
 from fedml.ml.evaluation import evaluate
-from fedml.ml.trainer import load_state
+from fedml.ml.trainer import load_state, to_device
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
@@ -72,5 +72,4 @@ class ServerAggregator:
 
     def test(self, test_data: ClientData, device: torch.device, args: Any) -> dict[str, float]:
         """Return ``{"accuracy", "loss", "num_samples"}`` of the global model on ``test_data``."""
-        self.model.to(device)
-        return evaluate(self.model, test_data, device)
+        return evaluate(to_device(self.model, device), test_data, device)

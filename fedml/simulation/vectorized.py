@@ -26,7 +26,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from fedml.core.algorithms import LocalObjective, Update
 from fedml.core.sampling import client_seed
-from fedml.ml.trainer import load_state, sgd_step
+from fedml.ml.trainer import load_state, sgd_step, to_device
 from fedml.simulation.batched_forward import batched_forward, unsupported_layer
 from fedml.simulation.closed_form import ClosedFormGradient, chain_of
 
@@ -117,7 +117,7 @@ class VectorizedTrainer:
     ) -> list[Update]:
         """Train ``(client index, data)`` pairs from ``global_state``; return their updates in input order."""
         load_state(self.model, global_state)
-        self.model.to(self.device).train()
+        to_device(self.model, self.device).train()
         batch, epochs = self.args.batch_size, self.args.epochs  # read once: a config read is a lookup
         steps = [epochs * math.ceil(len(data) / batch) for _, data in clients]
         order = sorted(range(len(clients)), key=lambda i: -steps[i])
@@ -413,6 +413,7 @@ class _Layout:
         self.rows = torch.from_numpy(rows).to(self.x.device)
         weight = torch.from_numpy(mask / np.maximum(counts, 1.0)[:, :, None])
         self.weight = weight.to(device=device, dtype=torch.get_default_dtype())
+        self._weights = self.weight.unbind(0)
         self.device = device
         step_bytes = self._flat.shape[1] * self.x.element_size() * batch * len(clients)
         self.chunk = max(1, GATHER_BYTES // max(1, step_bytes))
@@ -420,7 +421,8 @@ class _Layout:
         self._x_buffer = self._flat.new_empty(gathered, self._flat.shape[1])
         self._y_buffer = self.y.new_empty(gathered)
         self._start = self._end = 0
-        self._x = self._y = torch.empty(0)
+        self._xs: Sequence[torch.Tensor] = ()
+        self._ys: Sequence[torch.Tensor] = ()
 
     def step(self, t: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return step ``t``'s inputs, labels and sample weights for its ``k`` active clients."""
@@ -432,10 +434,14 @@ class _Layout:
             # Into buffers kept for the group: a fresh 4 MiB tensor per chunk costs page faults.
             x = torch.index_select(self._flat, 0, flat, out=self._x_buffer[: len(flat)])
             y = torch.index_select(self.y, 0, flat, out=self._y_buffer[: len(flat)])
-            self._x = x.view(*rows.shape, *self.shape).to(self.device, non_blocking=True)
-            self._y = y.view(rows.shape).to(self.device, non_blocking=True)
-        i = t - self._start
-        return self._x[i, :k], self._y[i, :k], self.weight[t, :k]
+            # Each step's views made at once: a step then slices only where clients have finished.
+            self._xs = x.view(*rows.shape, *self.shape).to(self.device, non_blocking=True).unbind(0)
+            self._ys = y.view(rows.shape).to(self.device, non_blocking=True).unbind(0)
+        x, y, weight = self._xs[t - self._start], self._ys[t - self._start], self._weights[t]
+        # ``shape[0]``, not ``len``: a tensor's ``__len__`` is Python code, and this runs every step.
+        if x.shape[0] > k:
+            x, y = x[:k], y[:k]
+        return x, y, weight if weight.shape[0] == k else weight[:k]
 
     def mean_losses(self, losses: Sequence[torch.Tensor]) -> list[float]:
         """Return each client's mean training loss (float64) from the per-step losses of its prefix."""

@@ -15,7 +15,7 @@ from torch.nn import functional as F  # noqa: N812
 from fedml.core.privacy.accountant import require_opacus
 from fedml.core.sampling import client_generator
 from fedml.errors import PrivacyError
-from fedml.ml.trainer import ClientTrainer
+from fedml.ml.trainer import ClientTrainer, to_device
 
 if TYPE_CHECKING:
     from fedml.data import ClientData
@@ -189,9 +189,7 @@ class DPSGDTrainer(ClientTrainer):
                 f"dpsgd: the noise multiplier for client {self.id} ({n} samples) must be a non-negative "
                 f"number, got {noise_multiplier!r}"
             )
-        model = self.model
-        if any(p.device != device for p in model.parameters()):
-            model.to(device)
+        model = to_device(self.model, device)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         sampling_generator, noise_generator = self._generators(args.random_seed, device)
