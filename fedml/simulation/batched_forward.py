@@ -93,11 +93,11 @@ def reused_buffer(workspace: dict[str, torch.Tensor], name: str, like: torch.Ten
 
     Rows are clients: when clients finish, the buffer's prefix serves the fewer that remain.
     """
-    buffer = workspace.get(name)
-    if buffer is None or buffer.shape[1:] != like.shape[1:] or len(buffer) < len(like):
+    buffer, rows = workspace.get(name), like.shape[0]
+    if buffer is None or buffer.shape[1:] != like.shape[1:] or buffer.shape[0] < rows:
         buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
         workspace[name] = buffer
-    return buffer[: len(like)]
+    return buffer if buffer.shape[0] == rows else buffer[:rows]
 
 
 BatchedLayer = Callable[[Folded, Any, str, torch.Tensor], torch.Tensor]
@@ -263,7 +263,11 @@ class _BatchedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         columns, weight = ctx.saved_tensors
-        grad_columns = torch.bmm(weight.transpose(1, 2), grad) if ctx.needs_input_grad[0] else None
+        grad_columns = None
+        if ctx.needs_input_grad[0]:
+            # (grad^T @ weight)^T, not weight^T @ grad: the product then reads the weight row by row
+            # (1.6x faster for the FedAvg CNN's first linear layer, 10 clients at batch 10).
+            grad_columns = torch.bmm(grad.transpose(1, 2), weight).transpose(1, 2)
         grad_weight = None
         if ctx.needs_input_grad[1]:
             transposed = columns.transpose(1, 2)
