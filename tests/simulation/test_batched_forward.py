@@ -218,3 +218,20 @@ def test_running_an_unsupported_model_batched_names_the_module():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), Doubler())
     with pytest.raises(fedml.errors.NotSupportedError, match=r"^1: Doubler has no batched implementation"):
         batched_forward(model, stacked_params(model), torch.randn(CLIENTS, 2, 1, 5, 5))
+
+
+def test_relus_run_in_place_only_on_outputs_that_no_backward_keeps():
+    # The first ReLU may overwrite the linear layer's new output; the second must not overwrite the
+    # first's, which the first's backward reads (autograd would refuse the step).
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.ReLU(), nn.ReLU(), nn.Linear(4, 3))
+    params = stacked_params(model)
+    x = torch.randn(CLIENTS, 5, 2, 3, generator=torch.Generator().manual_seed(2))
+    leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+    folded = batched_forward(model, leaves, x)
+    reference_leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+    reference = one_by_one(model, reference_leaves, x)
+    torch.testing.assert_close(folded, reference)
+    grads = torch.autograd.grad(folded.square().sum(), list(leaves.values()))
+    expected = torch.autograd.grad(reference.square().sum(), list(reference_leaves.values()))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
