@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -132,8 +133,7 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
     ``Module.to`` visits every submodule and tensor even when nothing moves, a fixed cost paid every
     round by a small model's simulation.
     """
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.device != device for t in tensors):
+    if any(t.device != device for t in chain(model.parameters(), model.buffers())):
         model.to(device)
     return model
 

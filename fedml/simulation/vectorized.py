@@ -412,8 +412,7 @@ class _Layout:
         self.counts = counts
         self.rows = torch.from_numpy(rows).to(self.x.device)
         weight = torch.from_numpy(mask / np.maximum(counts, 1.0)[:, :, None])
-        self.weight = weight.to(device=device, dtype=torch.get_default_dtype())
-        self._weights = self.weight.unbind(0)
+        self._weights = weight.to(device=device, dtype=torch.get_default_dtype()).unbind(0)
         self.device = device
         step_bytes = self._flat.shape[1] * self.x.element_size() * batch * len(clients)
         self.chunk = max(1, GATHER_BYTES // max(1, step_bytes))
