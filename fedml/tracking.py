@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ import yaml
 from fedml.core.files import atomic_torch_save, atomic_write_text, new_folder
 from fedml.errors import ConfigError
 from fedml.loggers import create_loggers
+
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's safe dumper where PyYAML was built with it: the same text as ``yaml.safe_dump``, 4x faster."""
 
 _levels_set_by_fedml: set[int] = set()
 """Levels ``configure_logging`` gave the ``fedml`` logger: it may change those, never the application's."""
@@ -207,7 +211,10 @@ class RunTracker:
             Path(args.run_dir).expanduser(), f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
         )
         config = redacted(args.to_dict())
-        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        text = yaml.dump(config, Dumper=_YAML_DUMPER, sort_keys=False)
+        atomic_write_text(self.run_dir / "config.yaml", text)
+        # Asked now, answered by the summary: the two git processes (a few ms) overlap the rounds.
+        self._git_commit = _in_background(git_commit, Path.cwd())
         self._metrics = open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8")  # noqa: SIM115
         for logger in self.loggers:
             logger.start(self.run_dir, config)
@@ -397,7 +404,7 @@ class RunTracker:
             "engine": self.engine,
             "fedml_version": fedml.__version__,
             "torch_version": torch.__version__,
-            "git_commit": git_commit(Path.cwd()),
+            "git_commit": self._git_commit.result(),
         }
 
     def write_summary(self, timings: Mapping[str, Any], error: str | None) -> dict[str, Any]:
@@ -444,6 +451,15 @@ def git_commit(folder: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def _in_background(function: Any, *args: Any) -> Future[Any]:
+    """Return the future of ``function(*args)`` run in a thread of its own (which ends with the call)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedml-tracking")
+    try:
+        return executor.submit(function, *args)
+    finally:
+        executor.shutdown(wait=False)
 
 
 def _new_run_dir(parent: Path, name: str) -> Path:
