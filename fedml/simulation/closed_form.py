@@ -18,13 +18,13 @@ Only exact registered types are accepted (``CHAINS``): a subclass may override `
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import cache
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from fedml.ml.functional import log_softmax_last
 from fedml.model.linear import MLP, LogisticRegression
 from fedml.simulation.batched_forward import reused_buffer, unsupported_layer
 
@@ -59,33 +59,6 @@ def chain_of(model: nn.Module) -> list[Layer] | None:
     if any(type(module) not in _LAYER_TYPES for _, module in layers) or type(layers[-1][1]) is not nn.Linear:
         return None
     return layers
-
-
-@cache
-def _cpu_vector_bytes() -> int:
-    # The width of ATen's CPU vectors: 64 bytes with AVX-512 kernels, 32 with AVX2 and the others.
-    return 64 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 32
-
-
-def log_softmax_last(h: torch.Tensor) -> torch.Tensor:
-    """Return ``F.log_softmax(h, dim=-1)``; on a CPU, over a transposed view when the last dim is narrow.
-
-    ATen's CPU kernel for the last dimension falls back to scalar code when the dimension is narrower
-    than one of its vectors (16 floats with AVX-512, 8 with AVX2): 10 classes then cost about 4x as
-    much per element as over a strided dimension (132 against 41 µs for 100 clients' batches of 10,
-    13.8 against 9.2 µs for 10 clients', with AVX-512). The transposed view reads the same values
-    and gives the same result as a view.
-
-    Examples
-    --------
-    >>> h = torch.randn(2, 3, 5)
-    >>> torch.allclose(log_softmax_last(h), F.log_softmax(h, dim=-1))
-    True
-
-    """
-    if h.device.type == "cpu" and h.dim() > 1 and h.shape[-1] * h.element_size() < _cpu_vector_bytes():
-        return F.log_softmax(h.transpose(-1, -2), dim=-2).transpose(-1, -2)
-    return F.log_softmax(h, dim=-1)
 
 
 class ClosedFormGradient:

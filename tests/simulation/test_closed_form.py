@@ -1,7 +1,6 @@
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from fedml.core.algorithms import FedAvg, FedProx
 from fedml.ml.trainer import sgd_step
@@ -144,17 +143,3 @@ def test_momentum_and_penalties_take_the_gradient_path():
         sgd_step(list(reference.values()), [grads[n] for n in reference], [None] * len(params), **rule)
         assert all(torch.equal(fused[n], reference[n]) for n in params)
         assert all(b is not None for b in buffers) == bool(rule["momentum"])
-
-
-@pytest.mark.parametrize("classes", [2, 10, 15, 16, 62])
-@pytest.mark.parametrize("vector_bytes", [32, 64])
-def test_log_softmax_last_equals_torch_over_narrow_and_wide_dims(monkeypatch, classes, vector_bytes):
-    from fedml.simulation import closed_form
-
-    monkeypatch.setattr(closed_form, "_cpu_vector_bytes", lambda: vector_bytes)
-    h = torch.randn(7, 5, classes, generator=torch.Generator().manual_seed(classes)) * 10
-    out = closed_form.log_softmax_last(h)
-    assert out.shape == h.shape
-    torch.testing.assert_close(out, F.log_softmax(h, dim=-1))
-    # Narrower than a vector: computed over the transposed view, which comes back as a view of it.
-    assert out.is_contiguous() == (classes * h.element_size() >= vector_bytes)
