@@ -58,6 +58,6 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     True
 
     """
-    if narrow_on_cpu(logits):
+    if logits.dim() == 2 and narrow_on_cpu(logits):
         return F.cross_entropy(logits.t().unsqueeze(0), labels.unsqueeze(0), reduction="sum")
     return F.cross_entropy(logits, labels, reduction="sum")
